@@ -1,0 +1,251 @@
+"""Mask R-CNN configuration with Matterport's attribute names, defaults and derived values.
+
+Subclass `Config` and override class attributes (Matterport's way), or pass keyword
+overrides to the constructor. Every run saves its config as JSON so that a checkpoint
+always travels with the exact settings that produced it.
+"""
+import json
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("resnet50", "resnet101", "resnet18")
+RESIZE_MODES = ("none", "square", "pad64", "crop")
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
+MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
+
+# Attributes that hold numpy arrays in memory and lists in JSON.
+_ARRAY_ATTRS = ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV")
+# Computed in __init__ from the others; never read back from JSON.
+_DERIVED_ATTRS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message names the attribute."""
+
+
+class Config:
+    """Base configuration. Matterport's attribute names and defaults, plus a few extras
+    (marked below) that the ISIC tasks need."""
+
+    NAME = None  # Override in sub-classes
+
+    # Devices: GPU_COUNT > 1 trains through tf.distribute.MirroredStrategy.
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 2
+
+    STEPS_PER_EPOCH = 1000
+    VALIDATION_STEPS = 50
+
+    # "resnet50", "resnet101", or "resnet18" (a light backbone for CPU demos and tests).
+    BACKBONE = "resnet101"
+    # Only needed for a callable BACKBONE: a function (image_shape) -> feature map shapes.
+    COMPUTE_BACKBONE_SHAPE = None
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    NUM_CLASSES = 1  # Override in sub-classes (background + classes)
+
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+    RPN_ANCHOR_STRIDE = 1
+    RPN_NMS_THRESHOLD = 0.7
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+    PRE_NMS_LIMIT = 6000
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    IMAGE_MIN_SCALE = 0
+    IMAGE_CHANNEL_COUNT = 3
+
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    TRAIN_ROIS_PER_IMAGE = 200
+    ROI_POSITIVE_RATIO = 0.33
+
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+    MASK_SHAPE = [28, 28]
+
+    MAX_GT_INSTANCES = 100
+
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    DETECTION_MAX_INSTANCES = 100
+    DETECTION_MIN_CONFIDENCE = 0.7
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+    WEIGHT_DECAY = 0.0001
+
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.,
+        "rpn_bbox_loss": 1.,
+        "mrcnn_class_loss": 1.,
+        "mrcnn_bbox_loss": 1.,
+        "mrcnn_mask_loss": 1.,
+    }
+
+    USE_RPN_ROIS = True
+    TRAIN_BN = False  # BatchNorm frozen: batches are too small to estimate statistics
+    GRADIENT_CLIP_NORM = 5.0
+
+    # --- Extras beyond Matterport ---
+    # Keep images without any instance in training as negatives (ISIC Task 2 needs this;
+    # Matterport drops them).
+    KEEP_EMPTY_IMAGES = False
+    # None, "mixed_float16" (GPU) or "mixed_bfloat16" (CPU); losses stay float32.
+    MIXED_PRECISION = None
+    # Seed for splits, augmentation and synthetic data.
+    SEED = 42
+
+    def __init__(self, **overrides):
+        for key, value in overrides.items():
+            if not key.isupper() or not hasattr(self, key):
+                raise ConfigError(f"unknown Config attribute {key!r}")
+            setattr(self, key, value)
+        for key in _ARRAY_ATTRS:
+            setattr(self, key, np.array(getattr(self, key), dtype=np.float64))
+        self.validate()
+        self._derive()
+
+    def _derive(self):
+        """Set the values that follow from the others (Matterport's derived attributes)."""
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+        channels = self.IMAGE_CHANNEL_COUNT
+        if self.IMAGE_RESIZE_MODE == "crop":
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM, channels])
+        else:
+            self.IMAGE_SHAPE = np.array([self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, channels])
+        # image_id(1) + original_image_shape(3) + image_shape(3) + window(4) + scale(1) + active_class_ids(NUM_CLASSES)
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+    def validate(self):
+        """Raise ConfigError naming the first invalid attribute."""
+        def need(cond, attr, why):
+            if not cond:
+                raise ConfigError(f"Config.{attr}={getattr(self, attr)!r}: {why}")
+
+        def is_int(v):
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+        need(is_int(self.NUM_CLASSES) and self.NUM_CLASSES >= 1, "NUM_CLASSES",
+             "must be an integer >= 1 (background counts as one)")
+        need(is_int(self.GPU_COUNT) and self.GPU_COUNT >= 1, "GPU_COUNT", "must be an integer >= 1")
+        need(is_int(self.IMAGES_PER_GPU) and self.IMAGES_PER_GPU >= 1, "IMAGES_PER_GPU", "must be an integer >= 1")
+        need(callable(self.BACKBONE) or self.BACKBONE in BACKBONES, "BACKBONE",
+             f"must be one of {', '.join(BACKBONES)} or a callable")
+        need(self.IMAGE_RESIZE_MODE in RESIZE_MODES, "IMAGE_RESIZE_MODE", f"must be one of {', '.join(RESIZE_MODES)}")
+        need(is_int(self.IMAGE_MAX_DIM) and self.IMAGE_MAX_DIM > 0, "IMAGE_MAX_DIM", "must be a positive integer")
+        need(is_int(self.IMAGE_MIN_DIM) and self.IMAGE_MIN_DIM > 0, "IMAGE_MIN_DIM", "must be a positive integer")
+        size = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
+        attr = "IMAGE_MIN_DIM" if self.IMAGE_RESIZE_MODE == "crop" else "IMAGE_MAX_DIM"
+        need(size % 64 == 0, attr, "must be a multiple of 64 (the FPN downsamples 6 times)")
+        if self.IMAGE_RESIZE_MODE != "crop":
+            need(self.IMAGE_MIN_DIM <= self.IMAGE_MAX_DIM, "IMAGE_MIN_DIM", "must not exceed IMAGE_MAX_DIM")
+        need(is_int(self.IMAGE_CHANNEL_COUNT) and self.IMAGE_CHANNEL_COUNT >= 1, "IMAGE_CHANNEL_COUNT",
+             "must be a positive integer")
+        need(len(self.MEAN_PIXEL) == self.IMAGE_CHANNEL_COUNT, "MEAN_PIXEL",
+             "must have one value per image channel (IMAGE_CHANNEL_COUNT)")
+        need(len(self.RPN_ANCHOR_SCALES) == len(self.BACKBONE_STRIDES), "RPN_ANCHOR_SCALES",
+             "must have one scale per BACKBONE_STRIDES level")
+        need(len(self.RPN_ANCHOR_RATIOS) > 0 and all(r > 0 for r in self.RPN_ANCHOR_RATIOS), "RPN_ANCHOR_RATIOS",
+             "must be a non-empty list of positive ratios")
+        need(is_int(self.RPN_ANCHOR_STRIDE) and self.RPN_ANCHOR_STRIDE >= 1, "RPN_ANCHOR_STRIDE",
+             "must be an integer >= 1")
+        for attr in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO"):
+            need(0.0 <= float(getattr(self, attr)) <= 1.0, attr, "must be in [0, 1]")
+        for attr in ("PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE", "TRAIN_ROIS_PER_IMAGE",
+                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "RPN_TRAIN_ANCHORS_PER_IMAGE",
+                     "STEPS_PER_EPOCH", "VALIDATION_STEPS", "POOL_SIZE", "MASK_POOL_SIZE"):
+            need(is_int(getattr(self, attr)) and getattr(self, attr) >= 1, attr, "must be an integer >= 1")
+        need(len(self.MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MASK_SHAPE), "MASK_SHAPE",
+             "must be [height, width] of positive integers")
+        need(len(self.MINI_MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MINI_MASK_SHAPE),
+             "MINI_MASK_SHAPE", "must be (height, width) of positive integers")
+        need(float(self.LEARNING_RATE) > 0, "LEARNING_RATE", "must be > 0")
+        need(float(self.WEIGHT_DECAY) >= 0, "WEIGHT_DECAY", "must be >= 0")
+        need(self.GRADIENT_CLIP_NORM is None or float(self.GRADIENT_CLIP_NORM) > 0, "GRADIENT_CLIP_NORM",
+             "must be > 0 or None")
+        need(isinstance(self.LOSS_WEIGHTS, dict) and set(self.LOSS_WEIGHTS) == set(LOSS_NAMES), "LOSS_WEIGHTS",
+             f"must have exactly the keys {', '.join(LOSS_NAMES)}")
+        need(self.MIXED_PRECISION in MIXED_PRECISION_POLICIES, "MIXED_PRECISION",
+             "must be None, 'mixed_float16' or 'mixed_bfloat16'")
+
+    # --- Serialisation ---
+    def to_dict(self):
+        """Every upper-case attribute (derived ones included), JSON-ready."""
+        out = {}
+        for key in sorted(dir(self)):
+            if not key.isupper() or key.startswith("_"):
+                continue
+            value = getattr(self, key)
+            if callable(value):
+                value = getattr(value, "__name__", repr(value))
+            out[key] = _jsonable(value)
+        return out
+
+    def save(self, path):
+        """Write the config as JSON (atomically: temp file + rename)."""
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".json.tmp")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+
+    @classmethod
+    def from_dict(cls, values):
+        """Build a config of this class from a dict as `to_dict` writes it; derived values are recomputed."""
+        overrides = {k: v for k, v in values.items() if k not in _DERIVED_ATTRS}
+        for key in ("MINI_MASK_SHAPE", "RPN_ANCHOR_SCALES"):
+            if key in overrides and isinstance(overrides[key], list):
+                overrides[key] = tuple(overrides[key])
+        return cls(**overrides)
+
+    @classmethod
+    def load(cls, path):
+        """Read a config JSON written by `save`."""
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+    def display(self):
+        """Print every configuration value (Matterport's display())."""
+        print("\nConfigurations:")
+        for key, value in self.to_dict().items():
+            print(f"{key:30} {value}")
+        print("\n")
+
+    def __repr__(self):
+        return f"<{type(self).__name__} NAME={self.NAME!r} NUM_CLASSES={self.NUM_CLASSES} BACKBONE={self.BACKBONE!r}>"
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return value

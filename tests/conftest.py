@@ -1,0 +1,51 @@
+"""Shared test fixtures: where the read-only real data in ../shared lives.
+
+Tests that need ../shared skip only when it is absent AND the CI variable is unset;
+in CI a missing ../shared is a failure, never a silent skip.
+"""
+import os
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def _shared_path(*parts):
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"{path} is missing: CI must have ../shared beside the checkout")
+        pytest.skip(f"{path} is absent (outside CI)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    """../shared (the read-only data and references beside the checkout)."""
+    return _shared_path()
+
+
+@pytest.fixture(scope="session")
+def isic_sample():
+    """../shared/isic2018-sample: a few real ISIC 2018 images in the official layout."""
+    return _shared_path("isic2018-sample")
+
+
+@pytest.fixture(scope="session")
+def ham10000_seg():
+    """../shared/ham10000-seg: 107 real HAM10000 images with masks, Task 1 layout."""
+    return _shared_path("ham10000-seg")
+
+
+@pytest.fixture(scope="session")
+def mrcnn_ref():
+    """../shared/mrcnn-ref: Matterport weight layouts, weight writers, reference detections."""
+    return _shared_path("mrcnn-ref")
