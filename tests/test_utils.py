@@ -48,7 +48,7 @@ def test_compute_overlaps_matrix():
     boxes2 = np.array([[0, 5, 10, 15], [5, 5, 15, 15]])
     expected = np.array([
         [50 / 150, 25 / 175],
-        [150 / 400, 100 / 400],
+        [100 / 400, 100 / 400],   # both boxes lie inside the 20x20 box
         [0.0, 0.0],
     ])
     np.testing.assert_allclose(utils.compute_overlaps(boxes1, boxes2), expected)
