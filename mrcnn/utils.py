@@ -21,10 +21,10 @@ import skimage.color
 import skimage.io
 import skimage.transform
 
-log = logging.getLogger(__name__)
+from mrcnn import download
+from mrcnn.download import COCO_MODEL_URL  # noqa: F401  (Matterport's utils.COCO_MODEL_URL)
 
-# Matterport's release of the COCO-trained ResNet-101 Mask R-CNN weights.
-COCO_MODEL_URL = "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
+log = logging.getLogger(__name__)
 
 
 ############################################################
@@ -667,5 +667,7 @@ def download_trained_weights(coco_model_path, verbose=1):
     a progress bar when verbose, and checked for size and HDF5 layout).
     Raises mrcnn.download.DownloadError when offline or the file is wrong.
     """
-    from mrcnn import download
-    return download.download_coco_weights(coco_model_path, progress=bool(verbose))
+    path = download.download_coco_weights(coco_model_path, progress=verbose > 0)
+    if verbose > 0:
+        log.info("COCO weights ready at %s", path)
+    return path
