@@ -20,7 +20,7 @@ import logging
 import os
 import pathlib
 import random
-import tempfile
+import uuid
 
 import cv2
 import matplotlib
@@ -61,14 +61,14 @@ def _save_png(fig, save_path):
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_path must end in .png, got {str(save_path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # open(..., "xb") rather than mkstemp: the file gets the umask's mode, not 0600.
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        with os.fdopen(fd, "wb") as f, matplotlib.rc_context({"savefig.bbox": "standard"}):
+        with open(tmp, "xb") as f, matplotlib.rc_context({"savefig.bbox": "standard"}):
             fig.savefig(f, format="png", dpi=fig.dpi)
         os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -212,7 +212,7 @@ def overlay_masks(image, masks, colors=None, alpha=0.45, outline=True):
     masks: [H, W, N] or [H, W]. colors: N RGB floats in [0, 1]; default
     `random_colors(N, seed=0)` so repeated runs give the same picture. The outline is
     drawn inside each mask (about 1/256 of the shorter side thick), so only pixels
-    inside masks change.
+    inside masks change. Float images with values <= 1 are taken as [0, 1] and scaled.
     """
     canvas = _as_rgb(image).astype(np.float32)
     if np.issubdtype(np.asarray(image).dtype, np.floating) and canvas.size and canvas.max() <= 1.0:
@@ -345,8 +345,13 @@ def display_differences(image,
         raise ValueError("display_differences needs gt_mask and pred_mask ([H, W, N] bool)")
     gt_mask = _as_masks(gt_mask, np.shape(image), len(gt_box), "gt_mask")
     pred_mask = _as_masks(pred_mask, np.shape(image), len(pred_box), "pred_mask")
-    # compute_matches ranks predictions by score; pre-sorting keeps its rows aligned
-    # with ours.
+    # compute_matches drops all-zero (padding) boxes and ranks predictions by score
+    # (stable); doing both here first keeps its rows aligned with ours.
+    keep = np.any(gt_box != 0, axis=1)
+    gt_box, gt_class_id, gt_mask = gt_box[keep], gt_class_id[keep], gt_mask[:, :, keep]
+    keep = np.any(pred_box != 0, axis=1)
+    pred_box, pred_class_id = pred_box[keep], pred_class_id[keep]
+    pred_score, pred_mask = pred_score[keep], pred_mask[:, :, keep]
     order = np.argsort(-pred_score, kind="stable")
     pred_box, pred_class_id = pred_box[order], pred_class_id[order]
     pred_score, pred_mask = pred_score[order], pred_mask[:, :, order]

@@ -58,6 +58,9 @@ def assert_saved_png(path, width, height):
         assert png.format == "PNG"
         assert png.size == (width, height)
     assert sorted(p.name for p in path.parent.iterdir()) == [path.name], "temp file left"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 # --- every figure function: renders headless, saves, no temp file, no leak ------------
@@ -416,3 +419,27 @@ def test_display_differences_with_real_compute_matches():
     fig = visualize.display_differences(gray_image(), *_two_instances(), CLASS_NAMES)
     # The 0.9 prediction equals the GT (IoU 1); the 0.6 one does not touch it (IoU 0).
     assert sorted(all_texts(fig)) == ["0.60 / 0.00", "0.90 / 1.00"]
+
+
+def test_display_differences_ignores_padding_rows():
+    if not hasattr(utils, "compute_matches"):
+        pytest.skip("mrcnn.utils.compute_matches has not landed yet")
+    gt_box, gt_ids, gt_mask, pred_box, pred_ids, pred_scores, pred_mask = _two_instances()
+    # Detections padded with an all-zero row, as the model returns them.
+    pred_box = np.concatenate([pred_box, np.zeros((1, 4), int)])
+    pred_ids = np.append(pred_ids, 0)
+    pred_scores = np.append(pred_scores, 0.0)
+    pred_mask = np.concatenate([pred_mask, np.zeros((100, 120, 1), bool)], axis=-1)
+    fig = visualize.display_differences(gray_image(), gt_box, gt_ids, gt_mask, pred_box,
+                                        pred_ids, pred_scores, pred_mask, CLASS_NAMES)
+    assert sorted(all_texts(fig)) == ["0.60 / 0.00", "0.90 / 1.00"]
+
+
+def test_display_differences_without_ground_truth():
+    if not hasattr(utils, "compute_matches"):
+        pytest.skip("mrcnn.utils.compute_matches has not landed yet")
+    _, _, _, pred_box, pred_ids, pred_scores, pred_mask = _two_instances()
+    fig = visualize.display_differences(gray_image(), np.zeros((0, 4)), np.zeros(0, int),
+                                        np.zeros((100, 120, 0), bool), pred_box, pred_ids,
+                                        pred_scores, pred_mask, CLASS_NAMES)
+    assert sorted(all_texts(fig)) == ["0.60 / 0.00", "0.90 / 0.00"]
