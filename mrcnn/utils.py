@@ -436,16 +436,21 @@ def unmold_mask(mask, bbox, image_shape):
 
     mask: [h, w] float (typically 28x28) of probabilities; bbox: (y1, x1, y2, x2) in
     image pixels, exclusive y2, x2; image_shape: (H, W, ...).
-    The mask is resized bilinearly to the box, thresholded at 0.5 (>=) and pasted.
+    The mask is resized bilinearly to the box, thresholded at 0.5 (>=) and pasted; a part
+    of the box outside the image is cut off.
     Returns: bool [H, W].
     """
     threshold = 0.5
     y1, x1, y2, x2 = (int(v) for v in bbox)
-    full_mask = np.zeros(tuple(image_shape[:2]), dtype=bool)
+    height, width = image_shape[:2]
+    full_mask = np.zeros((height, width), dtype=bool)
     if y2 <= y1 or x2 <= x1:
         return full_mask
-    mask = resize(mask, (y2 - y1, x2 - x1))
-    full_mask[y1:y2, x1:x2] = mask >= threshold
+    mask = resize(mask, (y2 - y1, x2 - x1)) >= threshold
+    top, left = max(y1, 0), max(x1, 0)
+    bottom, right = min(y2, height), min(x2, width)
+    if bottom > top and right > left:
+        full_mask[top:bottom, left:right] = mask[top - y1:bottom - y1, left - x1:right - x1]
     return full_mask
 
 

@@ -238,6 +238,9 @@ def test_unmold_mask_pastes_thresholded_box():
     # resized to 20 x 40 bilinearly: the left 20 columns of the box are >= 0.5
     expected = rect_mask((50, 80), 10, 20, 30, 40)
     np.testing.assert_array_equal(full, expected)
+    # a box hanging over the bottom-right corner keeps only its visible part
+    full = utils.unmold_mask(np.ones((28, 28), np.float32), (40, 70, 60, 90), (50, 80))
+    np.testing.assert_array_equal(full, rect_mask((50, 80), 40, 70, 50, 80))
 
 
 # ---------------------------------------------------------------- anchors
