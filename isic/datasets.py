@@ -292,7 +292,7 @@ class ISICDataset(utils.Dataset):
         if not root.is_dir():
             raise DatasetError(
                 f"dataset folder {root} not found: expected the official ISIC 2018 layout "
-                f"({', '.join(d for d, _ in self._required_dirs(pathlib.Path(), split))}); "
+                f"({', '.join(str(d) for d, _ in self._required_dirs(pathlib.Path(), split))}); "
                 f"download the ISIC 2018 data from {DATA_URL}")
         for path, what in self._required_dirs(root, split):
             if not path.exists():
