@@ -296,9 +296,15 @@ def _weighted_confusion(truth_binary, pred_binary, weights):
 
 
 def _auc_above_sensitivity(truth, pred, weights, sensitivity_threshold=0.80):
-    """Raw (not McClish-corrected) ROC area over the part of the curve with TPR >= threshold."""
+    """Raw (not McClish-corrected) ROC area over the part of the curve with TPR >= threshold.
+
+    NaN when the (non-zero-weight) truth lacks positives or negatives: the ROC curve is
+    undefined there and the official scorer raises instead of scoring.
+    """
     nonzero = weights != 0.0
     truth, pred, weights = truth[nonzero], pred[nonzero], weights[nonzero]
+    if not (np.any(truth > 0.5) and np.any(truth <= 0.5)):
+        return float("nan")
     sample_weight = None if np.all(weights == 1.0) else weights
     fpr, tpr, _ = sklearn.metrics.roc_curve(truth, pred, sample_weight=sample_weight,
                                             drop_intermediate=False)

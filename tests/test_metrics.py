@@ -30,6 +30,20 @@ def read_png(path):
     return np.array(Image.open(path))
 
 
+def assert_plain(value):
+    """Only built-in types, so json.dump writes metrics.json without numpy scalars."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            assert type(key) is str, key
+            assert_plain(item)
+    elif isinstance(value, list):
+        for item in value:
+            assert_plain(item)
+    else:
+        assert type(value) in (float, int, str, bool), (value, type(value))
+    json.dumps(value)
+
+
 def assert_close(ours, theirs, what):
     if np.isnan(theirs):
         assert np.isnan(ours), f"{what}: ours {ours}, scorer NaN"
@@ -101,7 +115,7 @@ def test_task1_real_sample_matches_scorer(task1_truth, tmp_path):
     in_memory = metrics.score_task1({i: (masks[i], preds[i]) for i in masks})
     assert in_memory["per_image"] == ours["per_image"]
     assert in_memory["overall"] == ours["overall"]
-    json.dumps(ours)
+    assert_plain(ours)
 
 
 def test_task1_every_image_perturbed_each_way_matches_scorer(task1_truth, tmp_path):
@@ -276,7 +290,7 @@ def test_task2_complete_folders_match_scorer(pigment_masks, tmp_path):
     for attribute in layout.ATTRIBUTES:
         assert_close(in_memory["per_attribute"][attribute]["dice"],
                      ours["per_attribute"][attribute]["dice"], attribute)
-    json.dumps(ours)
+    assert_plain(ours)
 
 
 def test_task2_pigment_network_only_truth_matches_scorer(isic_sample, pigment_masks, tmp_path):
@@ -293,6 +307,7 @@ def test_task2_pigment_network_only_truth_matches_scorer(isic_sample, pigment_ma
     assert ours["attributes_scored"] == ["pigment_network"]
     assert ours["attributes_missing"] == [a for a in layout.ATTRIBUTES if a != "pigment_network"]
     assert ours["overall"] == ours["per_attribute"]["pigment_network"]["jaccard"]
+    assert_plain(ours)
 
 
 def test_task2_normalisation_hand_computed():
@@ -372,7 +387,7 @@ def test_task3_real_sample_matches_scorer(task3_truth, tmp_path):
         in_memory = metrics.score_task3(truth, pd.DataFrame(probs, index=truth.index,
                                                             columns=layout.DIAGNOSES))
         assert_close(in_memory["overall"], ours["overall"], f"{name} in memory")
-        json.dumps(ours)
+        assert_plain(ours)
         sets[name] = ours
     assert sets["correct"]["overall"] == 1.0
     assert sets["wrong"]["overall"] == 0.0
@@ -450,6 +465,7 @@ def test_task3_confusion_matrix_hand_computed():
     assert matrix.sum() == 6
     assert result["undecided"] == 1
     assert result["labels"] == list(layout.DIAGNOSES)
+    assert_plain(result)
 
 
 # --------------------------------------------------------------------------- COCO mask mAP
@@ -473,7 +489,7 @@ def test_map_perfect_predictions_score_one():
     assert result["mAP@0.5"] == pytest.approx(1.0)
     assert result["mAP@[.5:.95]"] == pytest.approx(1.0)
     assert set(result["per_class"]) == {"MEL", "NV"}
-    json.dumps(result)
+    assert_plain(result)
 
 
 def test_map_false_positive_ranked_first_halves_ap():
@@ -511,6 +527,7 @@ def test_map_empty_cases():
     assert no_pred["mAP@0.5"] == 0.0 and no_pred["mAP@[.5:.95]"] == 0.0
     no_gt = metrics.coco_mask_map([(_stack(shape=shape), [])], [(_stack(gt_mask, shape=shape), [1], [0.5])])
     assert np.isnan(no_gt["mAP@0.5"]) and np.isnan(no_gt["mAP@[.5:.95]"])
+    assert_plain(no_gt)
     # One class found, one missed: mean of 1 and 0.
     other = _square(shape, 9, 9, 5, 5)
     half = metrics.coco_mask_map([(_stack(gt_mask, other, shape=shape), [1, 2])],
@@ -519,3 +536,40 @@ def test_map_empty_cases():
     assert half["per_class"]["2"]["AP@0.5"] == 0.0
     with pytest.raises(metrics.MetricError, match="class id"):
         metrics.coco_mask_map([(_stack(gt_mask, shape=shape), [1, 2])], [(_stack(shape=shape), [], [])])
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_task3_class_absent_from_truth(task3_truth):
+    """No VASC row in the truth. The scorer's ClassificationScore raises there (its
+    AUC-above-80%-sensitivity interpolates an empty ROC segment); ours scores it:
+    VASC recall is skipped by the balanced-accuracy mean (the scorer's own function does
+    the same), VASC's AUC values are NaN, and the other classes match the scorer's
+    per-class function."""
+    from isic_challenge_scoring import metrics as scorer_metrics
+    _, truth = task3_truth
+    keep = truth["VASC"] == 0.0
+    subset = truth[keep]
+    probs = _prediction_sets(truth)["mixed"][keep.to_numpy()]
+    pred = pd.DataFrame(probs, index=subset.index, columns=layout.DIAGNOSES)
+    truth_text = subset.reset_index().to_csv(index=False)
+    pred_text = pred.reset_index().to_csv(index=False)
+    with pytest.raises(ValueError):
+        ClassificationScore.from_stream(io.StringIO(truth_text), io.StringIO(pred_text),
+                                        ClassificationMetric.BALANCED_ACCURACY)
+    ours = metrics.score_task3_files(io.StringIO(truth_text), io.StringIO(pred_text))
+    weights = pd.Series(1.0, index=subset.index)
+    assert_close(ours["overall"],
+                 scorer_metrics.balanced_multiclass_accuracy(subset, pred, weights), "BA")
+    labels_t, labels_p = subset.to_numpy().argmax(1), probs.argmax(1)
+    recalls = [np.mean(labels_p[labels_t == c] == c) for c in np.unique(labels_t)]
+    assert ours["overall"] == pytest.approx(np.mean(recalls))
+    for category in layout.DIAGNOSES[:-1]:
+        theirs = ClassificationScore._category_score(subset[category], pred[category], weights, category)
+        for key in metrics.TASK3_CATEGORY_KEYS:
+            assert_close(ours["per_category"][category][key], theirs[key], f"{category} {key}")
+    assert np.isnan(ours["per_category"]["VASC"]["auc"])
+    assert np.isnan(ours["per_category"]["VASC"]["auc_sens_80"])
+    assert ours["per_category"]["VASC"]["sensitivity"] == 1.0      # no positives: freebie
+    assert_close(ours["macro_average"]["auc"],
+                 np.mean([ours["per_category"][c]["auc"] for c in layout.DIAGNOSES[:-1]]), "macro")
+    assert_plain(ours)
