@@ -6,7 +6,9 @@ cheap: images are opened and decoded at 1/8 scale (JPEG DCT scaling), masks (sma
 binary PNGs) are decoded fully and checked through their histogram.
 """
 import collections
+import concurrent.futures
 import csv
+import os
 import logging
 import pathlib
 import time
@@ -213,10 +215,14 @@ class ISICDataset(utils.Dataset):
       skipped           list of (item, reason): items left out, one line each
       missing_masks     list of (item, reason): ground truth absent but treated as empty
       mask_fallback_ids isic ids whose mask is approximated from the image (Task 3)
-      load_summary      counts and validation cost, also logged
+      load_summary      counts and validation cost (wall clock), also logged
+
+    Measured validation cost: about 10 ms per image for the 1022x767 and 600x450 sample
+    images; about 0.3 s for a 6688x4459 image, mostly the full decode of its mask PNG.
     """
 
     TASK = None
+    VALIDATION_THREADS = min(4, os.cpu_count() or 1)
 
     def __init__(self, class_map=None):
         super().__init__(class_map)
@@ -271,22 +277,44 @@ class ISICDataset(utils.Dataset):
 
         started = time.perf_counter()
         loaded = 0
-        progress = tqdm(selected, desc=f"Checking {self.TASK} images", unit="img",
+        progress = tqdm(total=len(selected), desc=f"Checking {self.TASK} images", unit="img",
                         leave=False, disable=True if len(selected) < 100 else None)
-        for isic_id, item in progress:
+        for isic_id, item, outcome in self._validate_all(selected):
+            progress.update()
             if limit is not None and loaded >= limit:
                 break
-            try:
-                extras = self._validate(isic_id, item)
-            except _BadItem as bad:
-                self._skip(item.get("image_path") or isic_id, bad)
+            if isinstance(outcome, _BadItem):
+                self._skip(item.get("image_path") or isic_id, outcome)
                 continue
-            path = extras.pop("path")
+            self._record(isic_id, outcome)
+            path = outcome.pop("path")
             self.add_image(SOURCE, isic_id, str(path), isic_id=isic_id,
-                           lesion_id=self._lesion_id(isic_id), **extras)
+                           lesion_id=self._lesion_id(isic_id), **outcome)
             loaded += 1
         progress.close()
         self._summarise(loaded, len(candidates), time.perf_counter() - started)
+
+    def _validate_all(self, selected, chunk=32):
+        """Yield (isic_id, item, extras or _BadItem) in order, validating on threads.
+
+        PIL releases the GIL while decoding, so a few threads overlap the file reads and
+        decodes; results are consumed in order, so the outcome does not depend on timing.
+        Work goes out in chunks, so that a small `limit` does not validate everything.
+        """
+        def validate(pair):
+            try:
+                return self._validate(*pair)
+            except _BadItem as bad:
+                return bad
+
+        with concurrent.futures.ThreadPoolExecutor(self.VALIDATION_THREADS) as pool:
+            for start in range(0, len(selected), chunk):
+                part = selected[start:start + chunk]
+                for (isic_id, item), outcome in zip(part, pool.map(validate, part)):
+                    yield isic_id, item, outcome
+
+    def _record(self, isic_id, extras):
+        """Bookkeeping for an accepted item (runs on the main thread, in id order)."""
 
     def _check_layout(self, root, split):
         if not root.is_dir():
@@ -306,7 +334,7 @@ class ISICDataset(utils.Dataset):
     def _skip(self, item, bad):
         self.skipped.append((str(item), str(bad)))
         self._skip_kinds[bad.kind] += 1
-        log.warning("Skipped %s: %s", item, bad)
+        log.warning("Skipped %s", bad)
 
     def _summarise(self, loaded, found, seconds):
         per_image = seconds / max(1, loaded + sum(self._skip_kinds.values()))
@@ -320,7 +348,7 @@ class ISICDataset(utils.Dataset):
             "validation_ms_per_image": round(1000 * per_image, 2),
         }
         skipped = ", ".join(f"{k} {v}" for k, v in sorted(self._skip_kinds.items())) or "none"
-        log.info("ISIC %s %s/%s: loaded %d images, skipped %d (%s); validation %.1f ms/image",
+        log.info("ISIC %s %s/%s: loaded %d images, skipped %d (%s); validation %.1f ms/image (wall)",
                  self.TASK, self.split, self.subset, loaded, sum(self._skip_kinds.values()),
                  skipped, 1000 * per_image)
 
@@ -440,12 +468,16 @@ class ISICAttributesDataset(_Task12Dataset):
             if check_mask(path, height, width):
                 mask_paths[attribute] = str(path)
                 present.append(attribute)
-        for path, attribute in missing:
-            self.missing_masks.append((path, f"missing {attribute} mask, treated as empty"))
         meta = self.metadata.get(isic_id, {})
         return {"path": item["image_path"], "height": height, "width": width,
                 "mask_paths": mask_paths, "attributes": present,
                 "missing_attributes": [a for _, a in missing], "diagnosis": meta.get("dx")}
+
+    def _record(self, isic_id, extras):
+        gt_dir = self.root / layout.TASK2_GT_DIR.format(split=self.split)
+        for attribute in extras["missing_attributes"]:
+            self.missing_masks.append((str(gt_dir / layout.attribute_name(isic_id, attribute)),
+                                       f"missing {attribute} mask, treated as empty"))
 
     def _summarise(self, loaded, found, seconds):
         super()._summarise(loaded, found, seconds)
@@ -572,11 +604,14 @@ class ISICClassificationDataset(ISICDataset):
         mask_source = "ham10000"
         if not mask_path.is_file() or not check_mask(mask_path, height, width):
             mask_path, mask_source = None, "approximation"
-            self.mask_fallback_ids.append(isic_id)
         return {"path": item["image_path"], "height": height, "width": width,
                 "diagnosis": diagnosis, "class_id": layout.DIAGNOSES.index(diagnosis) + 1,
                 "mask_path": None if mask_path is None else str(mask_path),
                 "mask_source": mask_source}
+
+    def _record(self, isic_id, extras):
+        if extras["mask_source"] == "approximation":
+            self.mask_fallback_ids.append(isic_id)
 
     def _summarise(self, loaded, found, seconds):
         super()._summarise(loaded, found, seconds)

@@ -332,6 +332,12 @@ def test_missing_folders(tmp_path, task1_root):
         load(ISICClassificationDataset, task1_root)
 
 
+def test_metadata_without_lesion_id_is_an_error(task1_root):
+    write_csv(task1_root / "HAM10000_metadata.csv", [["image_id", "dx"], ["ISIC_0000000", "nv"]])
+    with pytest.raises(DatasetError, match="missing column 'lesion_id'"):
+        load(ISICSegmentationDataset, task1_root)
+
+
 def test_load_image_converts_grayscale_and_rgba(isic_sample, task1_root):
     rgb = read_png(isic_sample / T12_IN / "ISIC_0000000.jpg")
     gray = rgb.mean(axis=-1).astype(np.uint8)
