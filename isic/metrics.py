@@ -11,10 +11,15 @@ and macro means skip NaNs as pandas does in the scorer.
 import contextlib
 import io
 import logging
+import warnings
 
 import numpy as np
 import pandas as pd
+import sklearn.exceptions
 import sklearn.metrics
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from isic import layout
 from isic import submission
@@ -321,7 +326,12 @@ def task3_category_scores(truth, pred, weights):
     pred = np.asarray(pred, np.float64)
     weights = np.asarray(weights, np.float64)
     cm = _weighted_confusion(truth > 0.5, pred > 0.5, weights)
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        # A class without positives (or negatives) has an undefined AUC; sklearn warns and
+        # returns NaN (AUC) or its own convention (AP), which the scorer reports as well.
+        # _score_task3_frames logs such classes once.
+        warnings.simplefilter("ignore", sklearn.exceptions.UndefinedMetricWarning)
+        warnings.filterwarnings("ignore", message="No positive class found in y_true")
         return {
             "accuracy": accuracy(cm),
             "sensitivity": sensitivity(cm),
@@ -405,6 +415,12 @@ def _score_task3_frames(truth, pred, weights, categories):
         raise MetricError("Task 3 truth has missing values")
 
     score_weights = weights["score_weight"].to_numpy(np.float64)
+    weighted = score_weights != 0
+    one_sided = [c for k, c in enumerate(categories)
+                 if np.all(truth_values[weighted, k] > 0.5) or np.all(truth_values[weighted, k] <= 0.5)]
+    if one_sided:
+        logger.warning("Task 3 truth has only positives or only negatives for %s: their AUC "
+                       "values are NaN and the macro averages skip them", one_sided)
     truth_labels = argmax_labels(truth_values)
     pred_labels = argmax_labels(pred_values)
     per_category = {
@@ -460,8 +476,7 @@ def task3_confusion_matrix(truth, pred, categories=layout.DIAGNOSES):
 # --------------------------------------------------------------------------- COCO mask mAP
 
 def _encode_masks(masks):
-    """HxWxN masks -> list of N compressed RLEs (counts as str, JSON-safe)."""
-    from pycocotools import mask as mask_utils
+    """HxWxN masks -> list of N compressed COCO RLEs."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise MetricError(f"instance masks must be HxWxN, got shape {masks.shape}")
@@ -481,10 +496,6 @@ def coco_mask_map(gt, pred, class_names=None):
     both values are NaN. class_names: optional {class_id: name} for the per-class keys.
     Returns {'mAP@0.5', 'mAP@[.5:.95]', 'per_class': {name: {'AP@0.5', 'AP@[.5:.95]'}}}.
     """
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     if len(gt) != len(pred):
         raise MetricError(f"{len(gt)} ground-truth images but {len(pred)} prediction images")
     images, gt_anns, dt_anns = [], [], []

@@ -538,8 +538,8 @@ def test_map_empty_cases():
         metrics.coco_mask_map([(_stack(gt_mask, shape=shape), [1, 2])], [(_stack(shape=shape), [], [])])
 
 
-@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
-def test_task3_class_absent_from_truth(task3_truth):
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_task3_class_absent_from_truth(task3_truth, recwarn):
     """No VASC row in the truth. The scorer's ClassificationScore raises there (its
     AUC-above-80%-sensitivity interpolates an empty ROC segment); ours scores it:
     VASC recall is skipped by the balanced-accuracy mean (the scorer's own function does
@@ -556,7 +556,9 @@ def test_task3_class_absent_from_truth(task3_truth):
     with pytest.raises(ValueError):
         ClassificationScore.from_stream(io.StringIO(truth_text), io.StringIO(pred_text),
                                         ClassificationMetric.BALANCED_ACCURACY)
+    recwarn.clear()
     ours = metrics.score_task3_files(io.StringIO(truth_text), io.StringIO(pred_text))
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)], "sklearn warnings leak"
     weights = pd.Series(1.0, index=subset.index)
     assert_close(ours["overall"],
                  scorer_metrics.balanced_multiclass_accuracy(subset, pred, weights), "BA")
