@@ -381,8 +381,10 @@ def test_task3_fallback_without_ham_folder(isic_sample, tmp_path, caplog):
         scores.append(iou(mask, truth))
     scores = np.array(scores)
     logging.getLogger(__name__).info("fallback mean IoU %.3f", scores.mean())
-    assert (scores > 0.5).sum() >= 12, scores.round(2)
-    assert scores.mean() > 0.6, scores.round(2)
+    # a centred ellipse alone scores mean IoU 0.53 with 11 of 18 above 0.5 on these images
+    assert (scores > 0.5).sum() >= 14, scores.round(2)
+    assert scores.mean() > 0.65, scores.round(2)
+    assert all(info["approximation"] == "otsu" for info in ds.image_info)
 
 
 def test_task3_missing_ham_file_uses_fallback(task3_root):
