@@ -184,6 +184,8 @@ def read_mask(path):
         raise SubmissionError(f"{path.name} could not be decoded as an image") from None
     except FileNotFoundError:
         raise SubmissionError(f"mask file {path} does not exist") from None
+    except OSError as e:  # a folder, a truncated PNG, unreadable permissions
+        raise SubmissionError(f"cannot read mask {path.name}: {e}") from None
 
 
 def parse_truth_name(path):

@@ -158,6 +158,11 @@ def test_read_mask_rules(tmp_path):
         submission.read_mask(tmp_path / "junk.png")
     with pytest.raises(submission.SubmissionError, match="does not exist"):
         submission.read_mask(tmp_path / "missing.png")
+    good = tmp_path / "good.png"
+    Image.new("L", (40, 30)).save(good)
+    (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:-30])
+    with pytest.raises(submission.SubmissionError, match="truncated.png"):
+        submission.read_mask(tmp_path / "truncated.png")
 
 
 def test_match_mask_files_pairs_by_number_and_attribute(tmp_path):
