@@ -236,6 +236,8 @@ def _pair_weights(lname, model_weights, file_weights):
     if sorted(by_name) == sorted(w.name for w in model_weights):
         pairs = [(w, w.name, by_name[w.name]) for w in model_weights]
     else:
+        logger.debug("layer %r: weight names differ from the file's, pairing them by position",
+                     lname)
         pairs = [(w, wname, ds) for w, (wname, ds) in zip(model_weights, file_weights)]
     for w, wname, ds in pairs:
         model_shape = tuple(int(d) for d in w.variable.shape)

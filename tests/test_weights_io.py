@@ -190,7 +190,7 @@ def test_load_reference_subset_bit_exact(ref_file):
                               file_value(f, "mrcnn_mask_deconv", "mrcnn_mask_deconv/kernel:0"))
 
 
-def test_load_agrees_with_keras_legacy_loader(ref_file, tmp_path):
+def test_load_agrees_with_keras_legacy_loader(ref_file):
     ours = build_toy_model(81)
     load_weights_h5(ours, ref_file)
     theirs = build_toy_model(81)
@@ -383,3 +383,34 @@ def test_model_weights_wrapper_group_is_accepted(mrcnn_ref, toy_names, tmp_path)
         want = file_value(f["model_weights"], "rpn_model", "rpn_conv_shared/kernel:0")
     got = np.array(model.get_layer("rpn_model").get_layer("rpn_conv_shared").kernel)
     assert np.array_equal(got, want)
+
+
+def test_chunked_name_attrs_and_renamed_weights_load_by_position(tmp_path):
+    """Keras 2.2+ splits long name lists into attrs layer_names0, layer_names1, ...; files from
+    other ports may name weights differently (here 'conv2d_7/...'), paired by position then."""
+    image = KL.Input((8, 8, 3), name="input_image")
+    x = KL.Conv2D(4, 3, name="conv1")(image)
+    keras_bn = KL.BatchNormalization(name="bn_conv1")
+    model = keras.Model(image, keras_bn(x))
+    rng = np.random.default_rng(0)
+    values = {"conv1": [rng.random((3, 3, 3, 4), dtype=np.float32),
+                        rng.random(4, dtype=np.float32)],
+              "bn_conv1": [rng.random(4, dtype=np.float32) for _ in range(4)]}
+    names = {"conv1": ["conv2d_7/kernel:0", "conv2d_7/bias:0"],
+             "bn_conv1": ["batch_normalization_3/%s:0" % n
+                          for n in ("gamma", "beta", "moving_mean", "moving_variance")]}
+    path = tmp_path / "chunked.h5"
+    with h5py.File(path, "w") as f:
+        f.attrs["layer_names0"] = np.array([b"input_image", b"conv1"])
+        f.attrs["layer_names1"] = np.array([b"bn_conv1"])
+        f.create_group("input_image").attrs["weight_names"] = np.zeros((0,))
+        for lname in ("conv1", "bn_conv1"):
+            g = f.create_group(lname)
+            g.attrs["weight_names"] = np.array([n.encode() for n in names[lname]])
+            for wname, value in zip(names[lname], values[lname]):
+                g.create_dataset(wname, data=value)
+    report = load_weights_h5(model, path)
+    assert report.loaded == ["conv1", "bn_conv1"]
+    assert np.array_equal(np.array(model.get_layer("conv1").kernel), values["conv1"][0])
+    assert np.array_equal(np.array(keras_bn.moving_mean), values["bn_conv1"][2])
+    assert np.array_equal(np.array(keras_bn.moving_variance), values["bn_conv1"][3])
