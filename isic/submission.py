@@ -49,7 +49,7 @@ def submission_stem(image_id):
 
 # --------------------------------------------------------------------------- writers
 
-def _atomic_write(path, write_fn, binary=True):
+def atomic_write(path, write_fn, binary=True):
     """Run write_fn(file) on a temp file beside `path`, then move it into place."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def mask_to_uint8(mask):
 
 def _write_png(path, mask_uint8):
     image = Image.fromarray(np.ascontiguousarray(mask_uint8), mode="L")
-    return _atomic_write(path, lambda f: image.save(f, format="PNG"))
+    return atomic_write(path, lambda f: image.save(f, format="PNG"))
 
 
 def write_task1_mask(out_dir, image_id, mask):
@@ -162,7 +162,7 @@ def write_task3_csv(path, rows, categories=layout.DIAGNOSES):
         writer.writerow(header)
         writer.writerows(lines)
 
-    return _atomic_write(path, write, binary=False)
+    return atomic_write(path, write, binary=False)
 
 
 # --------------------------------------------------------------------------- readers

@@ -1,0 +1,5 @@
+"""The error type for bad input at the tool's surface (paths, options, files)."""
+
+
+class UserError(Exception):
+    """Bad input that the user can fix; lesions.py prints its one-line message and exits non-zero."""

@@ -1,0 +1,218 @@
+"""Investigate mode: score a trained model on a dataset split the way the ISIC challenge
+scores it, and leave what a researcher wants to look at.
+
+Writes to the output folder:
+  predictions/   the task's ISIC submission files for every scored image
+  metrics.json   official ISIC scores (overall and per image/attribute/class), mask mAP,
+                 dataset statistics
+  figures/       ground truth vs prediction for the first images, per-image Jaccard
+                 histogram, precision-recall curve, confusion matrix (Task 3)
+  report.md      the headline numbers and the figures
+"""
+import logging
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from isic import layout, metrics, outputs, runs, submission
+from mrcnn import utils, visualize
+
+log = logging.getLogger(__name__)
+
+FIGURE_IMAGES = 8  # ground truth vs prediction figures for the first N images
+
+
+def pooled_precision_recall(scores, matched, num_gt):
+    """Precision-recall over all detections of a split, pooled and sorted by score, with
+    AP as the area under the interpolated curve (Matterport's compute_ap, pooled)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    hits = np.asarray(matched, bool)[order]
+    tp = np.cumsum(hits)
+    precisions = tp / np.arange(1, len(hits) + 1) if len(hits) else np.zeros(0)
+    recalls = tp / num_gt if num_gt else np.zeros_like(precisions, dtype=np.float64)
+    precisions = np.concatenate([[0], precisions, [0]])
+    recalls = np.concatenate([[0], recalls, [1]])
+    for i in range(len(precisions) - 2, -1, -1):
+        precisions[i] = max(precisions[i], precisions[i + 1])
+    steps = np.where(recalls[:-1] != recalls[1:])[0] + 1
+    ap = float(np.sum((recalls[steps] - recalls[steps - 1]) * precisions[steps]))
+    return ap, precisions, recalls
+
+
+def _gt_deliverable(task, gt_masks, gt_class_ids, info, shape):
+    """The ground truth in the form of the task's deliverable."""
+    if task == "segmentation":
+        return gt_masks.any(axis=-1) if gt_masks.shape[-1] else np.zeros(shape[:2], bool)
+    if task == "attributes":
+        return {name: (gt_masks[..., gt_class_ids == k].any(axis=-1) if (gt_class_ids == k).any()
+                       else np.zeros(shape[:2], bool))
+                for k, name in enumerate(layout.ATTRIBUTES, start=1)}
+    onehot = np.zeros(len(layout.DIAGNOSES))
+    onehot[layout.DIAGNOSES.index(info["diagnosis"])] = 1.0
+    return onehot
+
+
+def dataset_statistics(dataset, instance_counts, areas, empty):
+    """Counts a reader checks first: images, instances per class, empty images, sizes."""
+    heights = [info["height"] for info in dataset.image_info]
+    widths = [info["width"] for info in dataset.image_info]
+    return {
+        "images": int(dataset.num_images),
+        "instances_per_class": {dataset.class_names[k]: int(v) for k, v in sorted(instance_counts.items())},
+        "images_without_instances": int(empty),
+        "image_height_range": [int(min(heights)), int(max(heights))],
+        "image_width_range": [int(min(widths)), int(max(widths))],
+        "median_instance_area_fraction": float(np.median(areas)) if areas else None,
+        "skipped": [list(s) for s in getattr(dataset, "skipped", [])],
+        "missing_masks": len(getattr(dataset, "missing_masks", [])),
+        "mask_fallback": len(getattr(dataset, "mask_fallback_ids", [])),
+    }
+
+
+def run(args, config):
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
+    weights = runs.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
+                                   args.logs)
+    config = runs.run_config_for(weights, config)
+    dataset = runs.load_dataset(args.task, dataset_dir, args.subset, config.SEED, args.limit)
+    if args.output:
+        out_dir = pathlib.Path(args.output)
+    elif isinstance(weights, pathlib.Path):
+        out_dir = weights.parent / f"investigate_{args.subset}"
+    else:
+        out_dir = pathlib.Path(args.logs) / f"investigate_{args.task}_{args.subset}"
+    pred_dir, fig_dir = out_dir / "predictions", out_dir / "figures"
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    model = runs.load_inference_model(config, weights, args.logs)
+    report = investigate(model, dataset, args.task, pred_dir, fig_dir)
+    report["weights"] = str(weights)
+    report["dataset"] = str(dataset_dir)
+    report["subset"] = args.subset
+    outputs.write_json(out_dir / "metrics.json", report)
+    write_report(out_dir / "report.md", report, args.task)
+    print(f"{headline(report, args.task)}\nWrote metrics.json, report.md, predictions/ and figures/ to {out_dir}")
+    return 0
+
+
+def investigate(model, dataset, task, pred_dir, fig_dir):
+    """Detect on every image of `dataset`, write the submission files, score them."""
+    class_names = dataset.class_names
+    task1_pairs, task2_masks, task3_truth, task3_pred, ids = {}, {}, [], [], []
+    map_gt, map_pred = [], []
+    pooled_scores, pooled_matched, num_gt = [], [], 0
+    instance_counts, areas, empty = {}, [], 0
+    figures = []
+    for n, image_id in enumerate(tqdm(dataset.image_ids, desc=f"investigate {task}", unit="img")):
+        info = dataset.image_info[image_id]
+        image = dataset.load_image(image_id)
+        gt_masks, gt_class_ids = dataset.load_mask(image_id)
+        result = model.detect([image])[0]
+        isic = info.get("isic_id") or info["id"]
+        ids.append(isic)
+
+        for k in gt_class_ids:
+            instance_counts[int(k)] = instance_counts.get(int(k), 0) + 1
+        areas.extend(float(gt_masks[..., i].mean()) for i in range(gt_masks.shape[-1]))
+        empty += gt_masks.shape[-1] == 0
+
+        deliverable = outputs.task_deliverable(task, result, image.shape)
+        truth = _gt_deliverable(task, gt_masks, gt_class_ids, info, image.shape)
+        outputs.write_deliverable(task, pred_dir, isic, deliverable)
+        if task == "segmentation":
+            task1_pairs[isic] = (truth, deliverable)
+        elif task == "attributes":
+            task2_masks[isic] = {a: (truth[a], deliverable[a]) for a in layout.ATTRIBUTES}
+        else:
+            task3_truth.append(truth)
+            task3_pred.append(deliverable)
+
+        map_gt.append((gt_masks, gt_class_ids))
+        map_pred.append((result["masks"], result["class_ids"], result["scores"]))
+        gt_boxes = utils.extract_bboxes(gt_masks)
+        if len(result["scores"]):
+            _, pred_match, _ = utils.compute_matches(
+                gt_boxes, gt_class_ids, gt_masks, result["rois"], result["class_ids"],
+                result["scores"], result["masks"], iou_threshold=0.5)
+            order = np.argsort(-result["scores"], kind="stable")
+            pooled_scores.extend(result["scores"][order].tolist())
+            pooled_matched.extend((pred_match > -1).tolist())
+        num_gt += len(gt_class_ids)
+
+        if n < FIGURE_IMAGES:
+            path = fig_dir / f"{isic}_gt_vs_pred.png"
+            visualize.display_differences(
+                image, gt_boxes, gt_class_ids, gt_masks, result["rois"], result["class_ids"],
+                result["scores"], result["masks"], class_names,
+                title=f"{isic}: ground truth (green) vs prediction (red)", save_path=path)
+            figures.append(path.name)
+
+    report = {"task": task, "num_images": len(ids)}
+    report["dataset_statistics"] = dataset_statistics(dataset, instance_counts, areas, empty)
+    if task == "segmentation":
+        report["isic"] = metrics.score_task1(task1_pairs)
+        jaccards = [r["jaccard"] for r in report["isic"]["per_image"].values()]
+        visualize.plot_histogram(jaccards, bins=20, title="Per-image Jaccard (Task 1)", xlabel="Jaccard",
+                                 save_path=fig_dir / "jaccard_histogram.png")
+        figures.append("jaccard_histogram.png")
+    elif task == "attributes":
+        report["isic"] = metrics.score_task2(task2_masks)
+    else:
+        report["isic"] = metrics.score_task3(np.array(task3_truth), np.array(task3_pred), image_ids=ids)
+        cm = metrics.task3_confusion_matrix(np.array(task3_truth), np.array(task3_pred))
+        report["confusion_matrix"] = cm
+        visualize.plot_confusion_matrix(np.array(cm["matrix"]), list(layout.DIAGNOSES),
+                                        title="Task 3 confusion matrix (rows: truth)",
+                                        save_path=fig_dir / "confusion_matrix.png")
+        figures.append("confusion_matrix.png")
+        outputs.write_task3_predictions(pred_dir, ids, task3_pred)
+
+    names = {k: class_names[k] for k in range(1, len(class_names))}
+    report["mask_map"] = metrics.coco_mask_map(map_gt, map_pred, class_names=names)
+    ap, precisions, recalls = pooled_precision_recall(pooled_scores, pooled_matched, num_gt)
+    report["pooled_box_ap50"] = ap
+    visualize.plot_precision_recall(ap, precisions, recalls, save_path=fig_dir / "precision_recall.png")
+    figures.append("precision_recall.png")
+    report["figures"] = [f"figures/{f}" for f in figures]
+    return report
+
+
+def headline(report, task):
+    """One line with the task's official score and mask mAP."""
+    isic = report["isic"]
+    if task == "segmentation":
+        name = "Task 1 thresholded Jaccard"
+    elif task == "attributes":
+        name = "Task 2 Jaccard (micro average)"
+    else:
+        name = "Task 3 balanced accuracy"
+    return (f"{name}: {isic['overall']:.4f} on {report['num_images']} images; "
+            f"mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}")
+
+
+def write_report(path, report, task):
+    """A short Markdown report with the headline numbers and the figures."""
+    isic = report["isic"]
+    lines = [f"# Investigation: {task}", "",
+             f"- weights: `{report['weights']}`",
+             f"- dataset: `{report['dataset']}` (subset `{report['subset']}`, {report['num_images']} images)",
+             f"- **{headline(report, task)}**", ""]
+    if task == "segmentation":
+        lines += ["| metric (mean over images) | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()]
+    elif task == "attributes":
+        lines += [f"Overall (official, micro average) Jaccard {isic['overall']:.4f}, "
+                  f"mean of per-attribute Jaccards {isic['mean_attribute_jaccard']:.4f}", "",
+                  "| attribute | Jaccard | Dice |", "|---|---|---|"]
+        lines += [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()]
+    else:
+        lines += ["| class | sensitivity | specificity | AUC |", "|---|---|---|---|"]
+        lines += [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} |"
+                  for c, s in isic["per_category"].items()]
+    lines += ["", f"Mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}, "
+                  f"mAP@[.5:.95] {report['mask_map']['mAP@[.5:.95]']:.4f}; pooled box AP@0.5 "
+                  f"{report['pooled_box_ap50']:.4f}", ""]
+    lines += [f"![{f}]({f})" for f in report["figures"]]
+    text = "\n".join(lines) + "\n"
+    submission.atomic_write(path, lambda f: f.write(text.encode()))
