@@ -322,7 +322,7 @@ def load_weights_h5(keras_model, filepath, by_name=True, exclude=None, skip_mism
     """
     keras_model = _as_keras_model(keras_model)
     filepath = os.fspath(filepath)
-    exclude = set(exclude or ())
+    exclude = {exclude} if isinstance(exclude, str) else set(exclude or ())
     if not os.path.exists(filepath):
         raise FileNotFoundError("weights file %s does not exist" % filepath)
     if not os.path.isfile(filepath) or not h5py.is_hdf5(filepath):
