@@ -179,7 +179,7 @@ def _radial(theta, amplitudes, phases):
     return np.clip(r, 0.45, 1.6)
 
 
-def _random_outline(rng, irregularity, harmonics=6):
+def _random_outline(rng, irregularity, harmonics=8):
     """Amplitudes and phases of a random smooth outline; higher harmonics fade."""
     k = np.arange(2, 2 + harmonics)
     amplitudes = irregularity * rng.standard_normal(harmonics) / (k / 2.0) ** 1.3
@@ -479,7 +479,7 @@ class _Scene:
         field = _noise(rng, self.local, 9 * self.px)
         ridges = np.clip(1 - np.abs(field) * np.float32(1 / 0.12), 0, 1)
         _paint(self.sub, ridges * self.inside * np.float32(0.35), self.lesion.centre_colour * 0.6)
-        _paint(self.sub, self.inside * np.float32(0.15), (0.85, 0.75, 0.45))  # waxy sheen
+        _paint(self.sub, self.inside * np.float32(0.08), (0.86, 0.74, 0.52))  # waxy sheen
 
     def _features_df(self):
         pass  # the central white patch goes on top of the structures: _late_features_df
@@ -502,10 +502,12 @@ class _Scene:
             self.attribute_masks[name] = np.minimum(mask, self.mask)
 
     def _network(self, radius_range, cell_range):
-        """Region crop mask and a soft honeycomb line map [0, 1] inside it."""
+        """Region crop mask and a soft honeycomb line map [0, 1] inside it.
+
+        cell_range: mesh width in pixels at 256 px (a physical size, whatever the lesion's)."""
         rng = self.structure_rng
         centre, radius, outline, mask = self.region(radius_range)
-        cell = max(rng.uniform(*cell_range), 4.5 * self.px / self.frame.radius)
+        cell = rng.uniform(*cell_range) * self.px / self.frame.radius
         extent = radius * 1.7
         grid = np.arange(-extent, extent + 1e-9, cell)
         us, vs = np.meshgrid(centre[0] + grid, centre[1] + grid)
@@ -523,16 +525,17 @@ class _Scene:
             edges = cv2.dilate(edges, np.ones((k, k), np.uint8))
         lines[y1:y2, x1:x2] = cv2.GaussianBlur(edges.astype(np.float32), (0, 0), 0.7 * self.px)
         lines *= _soft(mask, 2 * self.px) * self.inside
-        return mask, np.minimum(lines * np.float32(1.2), 1)
+        lines *= np.clip(1.1 + 0.4 * _noise(self.rng, self.local, 6 * self.px), 0.3, 1.5)
+        return mask, np.minimum(lines, 1)
 
     def _attribute_pigment_network(self):
-        mask, lines = self._network((0.5, 1.0), (0.10, 0.16))
+        mask, lines = self._network((0.5, 1.0), (5.0, 7.5))
         strength = np.float32(self.structure_rng.uniform(0.35, 0.55))
         self.sub *= (1 - strength * lines)[None]
         return mask
 
     def _attribute_negative_network(self):
-        mask, lines = self._network((0.3, 0.6), (0.14, 0.2))
+        mask, lines = self._network((0.3, 0.6), (7.0, 10.0))
         cells = _soft(mask, 2 * self.px) * self.inside * (1 - lines)
         self.sub *= (1 - np.float32(0.35) * cells)[None]
         _paint(self.sub, lines * np.float32(0.7), (0.88, 0.80, 0.72))
@@ -546,12 +549,12 @@ class _Scene:
         for theta in start + np.linspace(0, width, n) + rng.normal(0, 0.03, n):
             xs, ys = self.boundary_px(np.array([theta, theta]),
                                       np.array([rng.uniform(0.55, 0.72), 0.99]))
-            _polyline(canvas, np.stack([xs, ys], -1), 1.6 * self.px)
+            _polyline(canvas, np.stack([xs, ys], -1), 1.2 * self.px)
             if rng.uniform() < 0.5:  # bulbous tip (pseudopod)
                 cv2.circle(canvas, (int(round(xs[1] * 16)), int(round(ys[1] * 16))),
-                           int(16 * 1.4 * self.px), 255, -1, cv2.LINE_AA, shift=4)
-        alpha = _soft(canvas, 0.4 * self.px) * self.inside * np.float32(0.85)
-        _paint(self.sub, alpha, (0.17, 0.10, 0.07))
+                           int(16 * 1.2 * self.px), 255, -1, cv2.LINE_AA, shift=4)
+        alpha = _soft(canvas, 0.5 * self.px) * self.inside * np.float32(0.75)
+        _paint(self.sub, alpha, (0.22, 0.13, 0.09))
         theta = np.linspace(start - 0.05, start + width + 0.05, 48)
         outer, inner = self.boundary_px(theta, 1.0), self.boundary_px(theta[::-1], 0.5)
         return _fill(self.local, np.concatenate([outer[0], inner[0]]),
