@@ -31,7 +31,13 @@ Dataset layout (split "Training", names from isic.layout):
 
 Everything is drawn from numpy Generators seeded by (seed, stream, index), so the same
 parameters give byte-identical files, and image i of a set does not depend on how the other
-images were drawn. `synthetic_manifest.json` is written last and marks a complete folder.
+images were drawn. `synthetic_manifest.json` is written last and marks a complete folder;
+`ensure_synthetic_dataset` keeps one folder per parameter set under
+$ISIC_SYNTHETIC_DIR or ~/.cache/isic-mrcnn/synthetic.
+
+Cost: drawing takes about 6 ms per 256x256 image on a loaded 2-core CPU (planar float32,
+lesion structures drawn in a crop around the lesion); with JPEG/PNG encoding and the 7 (Task
+1/2) or 2 (Task 3) files per image, the default 200 + 200 images take about 5 s.
 """
 import argparse
 import hashlib
@@ -772,9 +778,9 @@ def _check_params(count, task3_count, seed):
     if count > TASK3_FIRST_ID - TASK12_FIRST_ID:
         raise ValueError(f"count must be <= {TASK3_FIRST_ID - TASK12_FIRST_ID} so that Task 1/2 "
                          f"ids stay below the Task 3 ids, got {count}")
-    if not isinstance(task3_count, (int, np.integer)) or not 0 <= task3_count <= 10 ** 7 - TASK3_FIRST_ID:
-        raise ValueError(f"task3_count must be an integer in [0, {10 ** 7 - TASK3_FIRST_ID}], "
-                         f"got {task3_count!r}")
+    most = 10 ** 7 - TASK3_FIRST_ID  # ids have 7 digits
+    if not isinstance(task3_count, (int, np.integer)) or not 0 <= task3_count <= most:
+        raise ValueError(f"task3_count must be an integer in [0, {most}], got {task3_count!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
 
