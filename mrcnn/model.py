@@ -1,0 +1,286 @@
+"""The MaskRCNN class: Matterport's public API around a Keras 3 functional model.
+
+`build()` assembles the trunk shared by every mode (inputs, backbone, FPN, RPN) and hands it
+to the graph builder registered for the mode. The inference builder lives here; a training
+builder is added from another module with `register_graph_builder("training", fn)`.
+"""
+import datetime
+import errno
+import logging
+import os
+import re
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers as KL
+
+from mrcnn import molding
+from mrcnn.anchors import AnchorCache
+from mrcnn.backbone import build_backbone
+from mrcnn.detection import DetectionLayer
+from mrcnn.fpn import fpn_graph
+from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
+from mrcnn.proposal import ProposalLayer
+from mrcnn.rpn import build_rpn_model, rpn_outputs
+
+log = logging.getLogger(__name__)
+
+MODES = ("inference", "training")
+RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
+                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
+RESNET50_IMAGENET_MD5 = "a268eb855778b3df3c7506639542a6af"
+
+# Inference model outputs, in order (Matterport's seven, then class_probs).
+INFERENCE_OUTPUTS = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "rpn_class",
+                     "rpn_bbox", "class_probs")
+
+_GRAPH_BUILDERS = {}
+
+
+def register_graph_builder(mode, builder):
+    """Register `builder(model, config, trunk) -> keras.Model` for a mode. `trunk` is the dict
+    returned by `MaskRCNN.build_trunk` (inputs, feature maps, RPN outputs)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    _GRAPH_BUILDERS[mode] = builder
+
+
+def build_inference_graph(model, config, trunk):
+    """Proposals -> classifier -> detections -> masks on the detection boxes."""
+    input_anchors = KL.Input(shape=[None, 4], name="input_anchors")
+    rpn_rois = ProposalLayer(proposal_count=config.POST_NMS_ROIS_INFERENCE, nms_threshold=config.RPN_NMS_THRESHOLD,
+                             config=config, name="ROI")([trunk["rpn_class"], trunk["rpn_bbox"], input_anchors])
+
+    image_meta = trunk["input_image_meta"]
+    feature_maps = trunk["mrcnn_feature_maps"]
+    _logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
+        rpn_rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=config.TRAIN_BN,
+        fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+
+    # [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] normalised
+    detections, class_probs = DetectionLayer(config, name="mrcnn_detection")(
+        [rpn_rois, mrcnn_class, mrcnn_bbox, image_meta])
+    detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
+    mrcnn_mask = build_fpn_mask_graph(detection_boxes, feature_maps, image_meta, config.MASK_POOL_SIZE,
+                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN)
+
+    inputs = [trunk["input_image"], image_meta, input_anchors]
+    outputs = [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, trunk["rpn_class"], trunk["rpn_bbox"],
+               class_probs]
+    return keras.Model(inputs, outputs, name="mask_rcnn")
+
+
+register_graph_builder("inference", build_inference_graph)
+
+
+class DetectionBoxes(keras.layers.Layer):
+    """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
+
+    def call(self, inputs):
+        return inputs[..., :4]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (4,)
+
+
+class MaskRCNN:
+    """Mask R-CNN with Matterport's interface. The Keras model is in `keras_model`."""
+
+    def __init__(self, mode, config, model_dir):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
+        self.config = config
+        self.model_dir = model_dir
+        self._anchor_cache = AnchorCache(config)
+        self._predict_fn = None
+        self.set_log_dir()
+        self.keras_model = self.build(mode=mode, config=config)
+
+    # --- Graph ---------------------------------------------------------------------------
+    def build_trunk(self, config):
+        """Inputs, backbone, FPN and RPN: the part every mode shares. Returns a dict of tensors:
+        input_image, input_image_meta, rpn_feature_maps, mrcnn_feature_maps, rpn_class_logits,
+        rpn_class, rpn_bbox, and the nested `rpn` model."""
+        h, w = config.IMAGE_SHAPE[:2]
+        if h / 2 ** 6 != int(h / 2 ** 6) or w / 2 ** 6 != int(w / 2 ** 6):
+            raise ValueError("Image size must be dividable by 2 at least 6 times (use 256, 320, 384, 448, 512, ...)")
+        input_image = KL.Input(shape=[None, None, int(config.IMAGE_SHAPE[2])], name="input_image")
+        input_image_meta = KL.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
+
+        c2, c3, c4, c5 = build_backbone(input_image, config)
+        rpn_feature_maps, mrcnn_feature_maps = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
+
+        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE)
+        rpn_class_logits, rpn_class, rpn_bbox = rpn_outputs(rpn, rpn_feature_maps)
+        return {"input_image": input_image, "input_image_meta": input_image_meta,
+                "rpn_feature_maps": rpn_feature_maps, "mrcnn_feature_maps": mrcnn_feature_maps,
+                "rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class, "rpn_bbox": rpn_bbox, "rpn": rpn}
+
+    def build(self, mode, config):
+        """Build the Keras model for `mode` (trunk + the registered graph builder)."""
+        if mode not in _GRAPH_BUILDERS and mode == "training":
+            try:
+                import mrcnn.training  # noqa: F401  (registers the training builder on import)
+            except ImportError as exc:
+                raise NotImplementedError("training mode needs mrcnn.training (not importable: "
+                                          f"{exc})") from exc
+        if mode not in _GRAPH_BUILDERS:
+            raise NotImplementedError(f"no graph builder registered for mode {mode!r}")
+        trunk = self.build_trunk(config)
+        return _GRAPH_BUILDERS[mode](self, config, trunk)
+
+    # --- Logs and checkpoints --------------------------------------------------------------
+    def _name_key(self):
+        return (self.config.NAME or "mrcnn").lower()
+
+    def set_log_dir(self, model_path=None):
+        """Set log_dir, checkpoint_path and epoch; a path of a checkpoint written by this class
+        (`.../<name>YYYYMMDDTHHMM/mask_rcnn_<name>_0007.h5`) resumes its folder and epoch."""
+        self.epoch = 0
+        now = datetime.datetime.now()
+        if model_path:
+            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
+                     r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
+            m = re.match(regex, str(model_path))
+            if m:
+                now = datetime.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)),
+                                        int(m.group(4)), int(m.group(5)))
+                self.epoch = int(m.group(6))  # the file's epoch is done; training continues after it
+                log.info("Re-starting from epoch %d", self.epoch)
+        self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(self._name_key(), now))
+        self.checkpoint_path = os.path.join(self.log_dir, "mask_rcnn_{}_{{epoch:04d}}.h5".format(self._name_key()))
+
+    def find_last(self):
+        """Path of the newest checkpoint of this config's NAME under model_dir (newest run folder
+        that holds one). Raises FileNotFoundError when there is none."""
+        key = self._name_key()
+        try:
+            dir_names = sorted(d for d in next(os.walk(self.model_dir))[1] if d.startswith(key))
+        except StopIteration:
+            dir_names = []
+        if not dir_names:
+            raise FileNotFoundError(errno.ENOENT, f"Could not find model directory under {self.model_dir}")
+        for dir_name in reversed(dir_names):
+            path = os.path.join(self.model_dir, dir_name)
+            checkpoints = sorted(f for f in next(os.walk(path))[2]
+                                 if f.startswith("mask_rcnn") and f.endswith(".h5"))
+            if checkpoints:
+                return os.path.join(path, checkpoints[-1])
+        raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {os.path.join(self.model_dir, dir_names[-1])}")
+
+    def load_weights(self, filepath, by_name=True, exclude=None):
+        """Load a Keras-2-layout .h5 (Matterport's files and our checkpoints), by layer name;
+        `exclude` lists layer names to skip (e.g. the heads for another class count)."""
+        from mrcnn import weights_io
+        weights_io.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
+        self.set_log_dir(filepath)
+
+    def save_weights(self, filepath):
+        """Write the weights in the Keras-2 layout (atomically)."""
+        from mrcnn import weights_io
+        weights_io.save_weights_h5(self.keras_model, filepath)
+
+    def get_imagenet_weights(self):
+        """Download (once) and return the path of the ImageNet ResNet-50 weights (Keras-2 names
+        conv1, bn_conv1, res2a_branch2a, ... that load by name into this backbone)."""
+        return keras.utils.get_file("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", RESNET50_IMAGENET_URL,
+                                    cache_subdir="models", md5_hash=RESNET50_IMAGENET_MD5)
+
+    # --- Inference -------------------------------------------------------------------------
+    def get_anchors(self, image_shape):
+        """Normalised anchors [num_anchors, (y1, x1, y2, x2)] for an image shape (cached)."""
+        return self._anchor_cache.get(image_shape)
+
+    def mold_inputs(self, images):
+        """Matterport's MaskRCNN.mold_inputs: (molded_images, image_metas, windows)."""
+        return molding.mold_inputs(images, self.config)
+
+    def unmold_detections(self, detections, mrcnn_mask, original_image_shape, image_shape, window):
+        """Matterport's MaskRCNN.unmold_detections: (boxes, class_ids, scores, masks)."""
+        return molding.unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window)
+
+    def _predict(self, molded_images, image_metas, anchors):
+        """Run the model through one tf.function with a fixed signature (no retracing)."""
+        if self._predict_fn is None:
+            cfg = self.config
+            signature = [
+                tf.TensorSpec([cfg.BATCH_SIZE, None, None, int(cfg.IMAGE_SHAPE[2])], tf.float32),
+                tf.TensorSpec([cfg.BATCH_SIZE, cfg.IMAGE_META_SIZE], tf.float32),
+                tf.TensorSpec([cfg.BATCH_SIZE, None, 4], tf.float32),
+            ]
+            model = self.keras_model
+            detections_ix = INFERENCE_OUTPUTS.index("detections")
+            mask_ix = INFERENCE_OUTPUTS.index("mrcnn_mask")
+            probs_ix = INFERENCE_OUTPUTS.index("class_probs")
+
+            @tf.function(input_signature=signature)
+            def predict(images, metas, anchors_):
+                outputs = model([images, metas, anchors_], training=False)
+                return outputs[detections_ix], outputs[mask_ix], outputs[probs_ix]
+
+            self._predict_fn = predict
+        outputs = self._predict_fn(tf.constant(molded_images, tf.float32), tf.constant(image_metas, tf.float32),
+                                   tf.constant(anchors, tf.float32))
+        return [o.numpy() for o in outputs]
+
+    def detect(self, images, verbose=0):
+        """Run detection on a list of images (HxWxC, any sizes, any count).
+
+        Returns one dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels of the original image,
+        class_ids [N] int32, scores [N] float32, masks [H, W, N] bool, class_probs [N, NUM_CLASSES]
+        float32 (the softmax of the ROI each detection came from).
+        """
+        if self.mode != "inference":
+            raise ValueError("detect() needs a model built with mode='inference'")
+        images = _check_images(images, int(self.config.IMAGE_SHAPE[2]))
+        if verbose:
+            log.info("Processing %d images", len(images))
+        batch = self.config.BATCH_SIZE
+        results = [None] * len(images)
+        for start in range(0, len(images), batch):
+            chunk = list(range(start, min(start + batch, len(images))))
+            # Mold one by one: resize modes other than "square" can give different shapes,
+            # and each shape runs as its own batch.
+            groups = {}
+            for i in chunk:
+                molded, metas, windows = self.mold_inputs([images[i]])
+                groups.setdefault(molded.shape[1:], []).append((i, molded[0], metas[0], windows[0]))
+            for members in groups.values():
+                self._detect_batch(images, members, results, verbose)
+        return results
+
+    def _detect_batch(self, images, members, results, verbose):
+        """members: up to BATCH_SIZE (index, molded image, meta, window) of one molded shape."""
+        batch = self.config.BATCH_SIZE
+        padded = members + [members[-1]] * (batch - len(members))  # repeat the last image
+        molded = np.stack([m[1] for m in padded])
+        metas = np.stack([m[2] for m in padded])
+        anchors = self.get_anchors(molded.shape[1:])
+        anchors = np.broadcast_to(anchors, (batch,) + anchors.shape)
+        if verbose:
+            log.info("molded_images %s, image_metas %s, anchors %s", molded.shape, metas.shape, anchors.shape)
+        detections, mrcnn_mask, class_probs = self._predict(molded, metas, anchors)
+        for k, (i, image_molded, _meta, window) in enumerate(members):
+            rois, class_ids, scores, masks, probs = molding.unmold_detections(
+                detections[k], mrcnn_mask[k], images[i].shape, image_molded.shape, window,
+                class_probs=class_probs[k])
+            results[i] = {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks,
+                          "class_probs": probs}
+
+
+def _check_images(images, channels):
+    """A list of HxWxC arrays, or a clear ValueError."""
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        raise ValueError("detect() takes a list of images; wrap a single image as [image]")
+    images = list(images)
+    if not images:
+        raise ValueError("detect() got no images")
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != channels:
+            raise ValueError(f"image {i} has shape {image.shape}; expected (height, width, {channels}) "
+                             "(Config.IMAGE_CHANNEL_COUNT)")
+        images[i] = image
+    return images
