@@ -1,0 +1,69 @@
+"""Train mode: the task's datasets, the starting weights and the staged schedule
+(heads first, then deeper layers, as Matterport's samples do), run through MaskRCNN.train.
+
+The run folder (`logs/<task><YYYYMMDDTHHMM>/`) gets config.json, one checkpoint per epoch,
+TensorBoard events and a history CSV (written by the model's training loop). Starting from
+a checkpoint of a run (`--weights last` or its path) resumes that run at the next epoch.
+"""
+import logging
+
+from isic import runs
+from isic.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def schedule_for(config, epochs=None, layers=None):
+    """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when
+    --layers is given; --epochs moves the last stage's end (and cuts earlier ones)."""
+    stages = [(str(s[0]), int(s[1]), float(s[2])) for s in config.SCHEDULE]
+    if layers:
+        stages = [(layers, stages[-1][1], stages[-1][2])]
+    if epochs is not None:
+        if epochs < 1:
+            raise UserError(f"--epochs must be >= 1, got {epochs}")
+        stages = [(l, min(e, epochs), lr) for l, e, lr in stages[:-1] if e < epochs] + \
+                 [(stages[-1][0], epochs, stages[-1][2])]
+    return stages
+
+
+def load_start_weights(model, weights, config):
+    """Load the chosen starting weights into a training model."""
+    from mrcnn import download
+    if weights == "none":
+        log.info("Training from scratch (--weights none)")
+        return
+    if weights == "coco":
+        path = download.download_coco_weights()
+        exclude = [] if config.NUM_CLASSES == 81 else runs.COCO_HEADS
+        model.load_weights(str(path), by_name=True, exclude=exclude)
+    elif weights == "imagenet":
+        model.load_weights(model.get_imagenet_weights(), by_name=True)
+    else:
+        model.load_weights(str(weights), by_name=True)
+    log.info("Starting from %s weights", weights)
+
+
+def run(args, config):
+    from mrcnn import model as modellib
+    from mrcnn.augment import default_augmentation
+
+    synthetic = args.dataset == "synthetic"
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
+    train_set = runs.load_dataset(args.task, dataset_dir, "train", config.SEED, args.limit)
+    val_set = runs.load_dataset(args.task, dataset_dir, "val", config.SEED, args.limit)
+    weights = runs.resolve_weights(args.weights, "train", synthetic, args.task, args.logs)
+    stages = schedule_for(config, args.epochs, args.layers)
+
+    model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
+    load_start_weights(model, weights, config)
+    augmentation = default_augmentation(args.task, seed=config.SEED) if config.AUGMENTATION == "default" else None
+    log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
+             val_set.num_images, stages)
+    for layers, end_epoch, learning_rate in stages:
+        if model.epoch >= end_epoch:
+            continue
+        model.train(train_set, val_set, learning_rate=learning_rate, epochs=end_epoch, layers=layers,
+                    augmentation=augmentation)
+    print(f"Training finished at epoch {model.epoch}; run folder {model.log_dir}")
+    return 0

@@ -1,0 +1,215 @@
+#!/usr/bin/env python3
+"""Mask R-CNN on ISIC 2018: train, investigate and predict for the three challenge tasks.
+
+    python lesions.py --mode train       [--task T] [--dataset D] [--weights W] [--logs DIR] [--epochs N]
+    python lesions.py --mode investigate [--task T] [--dataset D] [--subset val|train|all] [--weights W]
+    python lesions.py --mode predict --image PATH [--task T] [--weights W] [--output DIR]
+
+This file only wires a task's Config and Dataset to a mode; the work lives in the
+`isic` and `mrcnn` packages (isic.training, isic.investigation, isic.prediction).
+"""
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+from isic import layout  # noqa: E402
+from isic.errors import UserError  # noqa: E402
+from mrcnn.config import Config, ConfigError  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parent
+DEFAULT_DATASET = ROOT / "isic2018"
+DEFAULT_LOGS = ROOT / "logs"
+MODES = ("train", "investigate", "predict")
+
+log = logging.getLogger("lesions")
+
+
+############################################################
+#  Configurations
+############################################################
+
+class ISICConfig(Config):
+    """Real-data defaults shared by the three tasks (GPU-sized: ResNet-101, COCO start,
+    heads first, then all layers)."""
+    BACKBONE = "resnet101"
+    IMAGES_PER_GPU = 2
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 512
+    IMAGE_MAX_DIM = 512
+    STEPS_PER_EPOCH = 500
+    VALIDATION_STEPS = 50
+    TRAIN_ROIS_PER_IMAGE = 128
+    MAX_GT_INSTANCES = 20
+    DETECTION_MIN_CONFIDENCE = 0.5
+    DETECTION_MAX_INSTANCES = 20
+    # Training stages: (layers, epochs up to, learning rate). Epoch counts are cumulative,
+    # as in Matterport's train() calls.
+    SCHEDULE = [["heads", 10, 0.001], ["all", 30, 0.0001]]
+    # Augmentation for training: "default" (albumentations, isic-tuned) or "none".
+    AUGMENTATION = "default"
+
+
+class SegmentationConfig(ISICConfig):
+    """Task 1: one class, the lesion."""
+    NAME = "segmentation"
+    NUM_CLASSES = 1 + 1
+
+
+class AttributesConfig(ISICConfig):
+    """Task 2: five attribute classes; images without attributes train as negatives."""
+    NAME = "attributes"
+    NUM_CLASSES = 1 + len(layout.ATTRIBUTES)
+    KEEP_EMPTY_IMAGES = True
+    DETECTION_MIN_CONFIDENCE = 0.3
+
+
+class ClassificationConfig(ISICConfig):
+    """Task 3: the lesion instance carries one of seven diagnoses."""
+    NAME = "classification"
+    NUM_CLASSES = 1 + len(layout.DIAGNOSES)
+    DETECTION_MIN_CONFIDENCE = 0.05
+
+
+TASK_CONFIGS = {
+    "segmentation": SegmentationConfig,
+    "attributes": AttributesConfig,
+    "classification": ClassificationConfig,
+}
+
+# CPU-sized values that `--dataset synthetic` applies on top of the task config, so the
+# embedded default trains on a laptop in minutes.
+SYNTHETIC_CPU_OVERRIDES = {
+    "BACKBONE": "resnet18",
+    "IMAGES_PER_GPU": 2,
+    "IMAGE_MIN_DIM": 256,
+    "IMAGE_MAX_DIM": 256,
+    "RPN_ANCHOR_SCALES": (16, 32, 64, 128, 256),
+    "PRE_NMS_LIMIT": 2000,
+    "POST_NMS_ROIS_TRAINING": 500,
+    "POST_NMS_ROIS_INFERENCE": 200,
+    "RPN_TRAIN_ANCHORS_PER_IMAGE": 128,
+    "TRAIN_ROIS_PER_IMAGE": 64,
+    "STEPS_PER_EPOCH": 60,
+    "VALIDATION_STEPS": 10,
+    "SCHEDULE": [["all", 8, 0.01]],
+}
+
+
+def parse_override(text):
+    """'KEY=VALUE' with VALUE parsed as JSON when it is JSON (numbers, lists, null, true),
+    else kept as a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects KEY=VALUE, got {text!r}")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def make_config(task, synthetic=False, overrides=(), inference=False):
+    """The task's Config with the synthetic CPU values (when asked) and user overrides applied."""
+    values = dict(SYNTHETIC_CPU_OVERRIDES) if synthetic else {}
+    values.update(dict(overrides))
+    if inference:
+        values.setdefault("IMAGES_PER_GPU", 1)
+        values["GPU_COUNT"] = 1
+    return TASK_CONFIGS[task](**values)
+
+
+############################################################
+#  Command line
+############################################################
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="lesions.py",
+        description="Mask R-CNN for the ISIC 2018 skin-lesion tasks: train, investigate, predict.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n"
+               "  python lesions.py --mode train --dataset synthetic\n"
+               "  python lesions.py --mode investigate --dataset synthetic\n"
+               "  python lesions.py --mode predict --image 'photos/*.jpg' --output out/\n")
+    parser.add_argument("--mode", required=True, choices=MODES, help="what to do")
+    parser.add_argument("--task", default="segmentation", choices=layout.TASKS,
+                        help="ISIC 2018 task: segmentation (1), attributes (2), classification (3); "
+                             "default segmentation")
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET),
+                        help="dataset root in the official ISIC 2018 layout (default: isic2018/ next "
+                             "to lesions.py), or 'synthetic' for the generated dataset")
+    parser.add_argument("--weights", default=None,
+                        help="coco, imagenet, last, none, or a path to an .h5 file. Defaults: coco for "
+                             "train on real data, none for train on synthetic, last otherwise")
+    parser.add_argument("--logs", default=str(DEFAULT_LOGS),
+                        help="folder for run folders and checkpoints (default logs/)")
+    parser.add_argument("--subset", default="val", choices=("val", "train", "all"),
+                        help="investigate: the split to score (default val); 'all' scores every image")
+    parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it)")
+    parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
+                                         "folder of the weights)")
+    parser.add_argument("--epochs", type=int, help="train: total epochs (overrides the schedule's end)")
+    parser.add_argument("--steps-per-epoch", type=int, help="train: steps per epoch")
+    parser.add_argument("--layers", help="train: heads, 3+, 4+, 5+, all or a regex (one stage)")
+    parser.add_argument("--limit", type=int, help="use at most N images of the dataset")
+    parser.add_argument("--seed", type=int, help="seed for the split, augmentation and synthetic data")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any Config value, e.g. --set IMAGE_MAX_DIM=1024 "
+                             "--set 'RPN_ANCHOR_SCALES=[16,32,64,128,256]' (repeatable)")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        print("lesions.py: interrupted", file=sys.stderr)
+        return 130
+    except expected_errors() as e:
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"lesions.py: error: {message}", file=sys.stderr)
+        return 2
+
+
+def expected_errors():
+    """Error types that mean bad input, not a bug: shown as one line, no traceback."""
+    from isic.datasets import DatasetError
+    from isic.metrics import MetricError
+    from isic.submission import SubmissionError
+    from mrcnn.download import DownloadError
+    from mrcnn.weights_io import WeightsFormatError, WeightsMismatchError
+    return (UserError, ConfigError, DatasetError, MetricError, SubmissionError, DownloadError,
+            WeightsFormatError, WeightsMismatchError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def run(args):
+    synthetic = args.dataset == "synthetic"
+    overrides = [parse_override(o) for o in args.overrides]
+    if args.seed is not None:
+        overrides.append(("SEED", args.seed))
+    if args.steps_per_epoch is not None:
+        overrides.append(("STEPS_PER_EPOCH", args.steps_per_epoch))
+    if args.mode == "train":
+        from isic import training
+        config = make_config(args.task, synthetic, overrides)
+        return training.run(args, config)
+    config = make_config(args.task, synthetic, overrides, inference=True)
+    if args.mode == "investigate":
+        from isic import investigation
+        return investigation.run(args, config)
+    from isic import prediction
+    return prediction.run(args, config)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
