@@ -4,6 +4,7 @@
 Each batch is `(inputs,)`: the model computes its own losses, so there are no targets.
 Batches are a pure function of (seed, epoch, batch index), whatever the worker count.
 """
+import itertools
 import logging
 import math
 import threading
@@ -116,11 +117,14 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         if dataset.num_classes != config.NUM_CLASSES:
             raise ValueError(f"MaskRCNNSequence: the dataset has {dataset.num_classes} classes "
                              f"(background included) but Config.NUM_CLASSES is {config.NUM_CLASSES}")
+        seed = config.SEED if seed is None else seed
+        if int(seed) < 0:
+            raise ValueError(f"MaskRCNNSequence: seed must be >= 0, got {seed}")
         self.dataset = dataset
         self.config = config
         self.shuffle = shuffle
         self.augmentation = augmentation
-        self.seed = int(config.SEED if seed is None else seed)
+        self.seed = int(seed)
         self.keep_empty = bool(config.KEEP_EMPTY_IMAGES if keep_empty is None else keep_empty)
         self.batch_size = int(config.BATCH_SIZE if batch_size is None else batch_size)
         self.image_ids = image_ids
@@ -159,6 +163,13 @@ class MaskRCNNSequence(keras.utils.PyDataset):
             return self.image_ids
         return np.random.default_rng([self.seed, epoch]).permutation(self.image_ids)
 
+    def stats(self):
+        """What the feeder served, skipped and why (for the end-of-run summary)."""
+        with self._lock:
+            return {"epoch": self.epoch, "empty_served": self.n_empty_served,
+                    "empty_skipped": self.n_empty_skipped, "failed": self.n_failed,
+                    "failed_ids": sorted(int(i) for i in self._bad_ids), "truncated": self.n_truncated}
+
     def _count(self, name, amount=1):
         with self._lock:
             setattr(self, name, getattr(self, name) + amount)
@@ -180,8 +191,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
 
         for b in range(batch):
             # Slot b of this batch, then (if it is unusable) the images after the batch's slots.
-            candidates = [(index * batch + b) % num_images]
-            candidates += [((index + 1) * batch + k) % num_images for k in range(num_images)]
+            candidates = itertools.chain([(index * batch + b) % num_images],
+                                         (((index + 1) * batch + k) % num_images for k in range(num_images)))
             for attempt, position in enumerate(candidates):
                 rng = np.random.default_rng([self.seed, epoch, index, b, attempt])
                 item = self._load(int(order[position]), rng)

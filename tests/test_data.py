@@ -199,7 +199,7 @@ def test_sequence_replaces_images_that_fail_to_load(caplog):
         batches = all_batches(seq)
     metas = np.concatenate([b[1] for b in batches])
     assert not set(metas[:, 0].astype(int)) & {2, 4}
-    assert seq.n_failed == 2
+    assert seq.n_failed == 2 and seq.stats()["failed_ids"] == [2, 4]
     assert "synthetic/2.png" in caplog.text and "cannot read the mask" in caplog.text
     with pytest.raises(DataPipelineError, match="no usable training image"):
         MaskRCNNSequence(ShapesDataset(count=3, broken={0, 1, 2}), config)[0]

@@ -235,5 +235,21 @@ def test_detection_target_layer_symbolic_output_dtypes():
     assert tuple(outputs[3].shape) == (None, 8, 8, 8)
 
 
+def test_detection_target_layer_in_a_graph_with_unknown_batch_and_half_precision():
+    config = make_config()
+    layer = DetectionTargetLayer(config)
+    mask_spec = tf.TensorSpec([None, IMAGE, IMAGE, 3], tf.bool)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 12, 4], tf.float16), tf.TensorSpec([None, 3], tf.int32),
+                                  tf.TensorSpec([None, 3, 4], tf.float16), mask_spec])
+    def run(proposals, class_ids, boxes, masks):
+        return layer([proposals, class_ids, boxes, masks])
+
+    eager = layer_inputs(config)
+    outputs = run(tf.cast(eager[0], tf.float16), eager[1], tf.cast(eager[2], tf.float16), eager[3])
+    assert outputs[0].dtype == tf.float32 and outputs[0].shape == (2, 8, 4)
+    assert outputs[1].numpy()[0].tolist()[:3] == [2, 2, 0] and not outputs[1].numpy()[1].any()
+
+
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
