@@ -182,14 +182,18 @@ def main(argv=None):
 
 
 def expected_errors():
-    """Error types that mean bad input, not a bug: shown as one line, no traceback."""
-    from isic.datasets import DatasetError
-    from isic.metrics import MetricError
-    from isic.submission import SubmissionError
-    from mrcnn.download import DownloadError
-    from mrcnn.weights_io import WeightsFormatError, WeightsMismatchError
-    return (UserError, ConfigError, DatasetError, MetricError, SubmissionError, DownloadError,
-            WeightsFormatError, WeightsMismatchError, FileNotFoundError, NotADirectoryError, PermissionError)
+    """Error types that mean bad input, not a bug: shown as one line, no traceback.
+    Read from the modules already imported, so that an early error does not pay for
+    importing TensorFlow just to name the types it cannot have raised."""
+    types = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError]
+    for module, names in (("isic.datasets", ("DatasetError",)),
+                          ("isic.metrics", ("MetricError",)),
+                          ("isic.submission", ("SubmissionError",)),
+                          ("mrcnn.download", ("DownloadError",)),
+                          ("mrcnn.weights_io", ("WeightsFormatError", "WeightsMismatchError"))):
+        if module in sys.modules:
+            types.extend(getattr(sys.modules[module], name) for name in names)
+    return tuple(types)
 
 
 def run(args):
@@ -206,9 +210,9 @@ def run(args):
     config = make_config(args.task, synthetic, overrides, inference=True)
     if args.mode == "investigate":
         from isic import investigation
-        return investigation.run(args, config)
+        return investigation.run(args, config, overrides)
     from isic import prediction
-    return prediction.run(args, config)
+    return prediction.run(args, config, overrides)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from mrcnn import utils
 
 log = logging.getLogger(__name__)
 
-DATA_URL = "https://challenge.isic-archive.com/data/#2018"
+DATA_URL = layout.DATA_URL
 SOURCE = "isic"
 SUBSETS = ("train", "val", "all")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")

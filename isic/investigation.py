@@ -70,11 +70,12 @@ def dataset_statistics(dataset, instance_counts, areas, empty):
     }
 
 
-def run(args, config):
-    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
+def run(args, config, overrides=()):
+    runs.check_dataset_dir(args.dataset)
     weights = runs.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
                                    args.logs)
-    config = runs.run_config_for(weights, config)
+    config = runs.run_config_for(weights, config, overrides)
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
     dataset = runs.load_dataset(args.task, dataset_dir, args.subset, config.SEED, args.limit)
     if args.output:
         out_dir = pathlib.Path(args.output)

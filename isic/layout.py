@@ -1,6 +1,9 @@
 """Names fixed by the official ISIC 2018 release: folders, file patterns, classes."""
 import re
 
+# Where the official release is downloaded from.
+DATA_URL = "https://challenge.isic-archive.com/data/#2018"
+
 TASKS = ("segmentation", "attributes", "classification")
 
 # Folders under the dataset root (SPEC §4). Inputs exist per split; ground truth for training.

@@ -69,11 +69,11 @@ def default_output_dir(weights, logs_dir):
     return pathlib.Path(logs_dir) / "predictions"
 
 
-def run(args, config):
+def run(args, config, overrides=()):
     synthetic = args.dataset == "synthetic"
     inputs = list_inputs(args.image)
     weights = runs.resolve_weights(args.weights, "predict", synthetic, args.task, args.logs)
-    config = runs.run_config_for(weights, config)
+    config = runs.run_config_for(weights, config, overrides)
     out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = runs.load_inference_model(config, weights, args.logs)

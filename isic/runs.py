@@ -9,6 +9,7 @@ import logging
 import pathlib
 import re
 
+from isic import layout
 from isic.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,17 +60,18 @@ def resolve_weights(choice, mode, synthetic, task, logs_dir):
     return path
 
 
-def run_config_for(weights_path, config):
-    """The config saved beside a checkpoint (with this run's inference settings on top),
-    or `config` when the checkpoint has none."""
+def run_config_for(weights_path, config, overrides=()):
+    """The config saved beside a checkpoint, so the model matches its weights, with one
+    image per batch for inference and the user's --set/--seed values on top; `config`
+    itself when the checkpoint has no config.json."""
     if not isinstance(weights_path, pathlib.Path):
         return config
     saved = weights_path.parent / "config.json"
     if not saved.is_file():
         return config
     values = type(config).load(saved).to_dict()
-    for key in ("GPU_COUNT", "IMAGES_PER_GPU", "DETECTION_MIN_CONFIDENCE", "SEED"):
-        values[key] = getattr(config, key)
+    values.update(GPU_COUNT=1, IMAGES_PER_GPU=1)
+    values.update(dict(overrides))
     log.info("Using the training config saved with the weights: %s", saved)
     return type(config).from_dict(values)
 
@@ -89,8 +91,16 @@ def load_inference_model(config, weights, model_dir):
     return model
 
 
+def check_dataset_dir(dataset):
+    """Fail early, before any model work, when a dataset folder does not exist."""
+    if dataset != "synthetic" and not pathlib.Path(dataset).expanduser().is_dir():
+        raise UserError(f"dataset folder {dataset} not found: expected the official ISIC 2018 layout "
+                        f"(see isic2018/README.md; download from {layout.DATA_URL}), or use --dataset synthetic")
+
+
 def resolve_dataset_dir(dataset, seed):
     """--dataset as a folder path; 'synthetic' generates (once, cached) the embedded dataset."""
+    check_dataset_dir(dataset)
     if dataset == "synthetic":
         from isic import synthetic
         return pathlib.Path(synthetic.ensure_synthetic_dataset(seed=seed))
