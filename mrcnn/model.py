@@ -172,10 +172,12 @@ class MaskRCNN:
 
     def load_weights(self, filepath, by_name=True, exclude=None):
         """Load a Keras-2-layout .h5 (Matterport's files and our checkpoints), by layer name;
-        `exclude` lists layer names to skip (e.g. the heads for another class count)."""
+        `exclude` lists layer names to skip (e.g. the heads for another class count).
+        Returns weights_io's load report."""
         from mrcnn import weights_io
-        weights_io.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
+        report = weights_io.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
         self.set_log_dir(filepath)
+        return report
 
     def save_weights(self, filepath):
         """Write the weights in the Keras-2 layout (atomically)."""
