@@ -14,17 +14,29 @@ class AnchorCache:
 
     def get(self, image_shape):
         """[num_anchors, (y1, x1, y2, x2)] float32 in normalised coordinates."""
+        return self._entry(image_shape)[1]
+
+    def get_pixels(self, image_shape):
+        """The same anchors in pixels of the image (float64)."""
+        return self._entry(image_shape)[0]
+
+    def _entry(self, image_shape):
         key = tuple(int(v) for v in image_shape[:2])
         if key not in self._cache:
-            self._cache[key] = pyramid_anchors(self.config, image_shape)
+            pixels = pixel_pyramid_anchors(self.config, image_shape)
+            self._cache[key] = (pixels, utils.norm_boxes(pixels, key).astype(np.float32))
         return self._cache[key]
 
 
-def pyramid_anchors(config, image_shape):
-    """All anchors (levels P2..P6, each in row-major cell order, ratios fastest) for an image
-    shape, normalised by norm_boxes; the order matches the concatenated RPN outputs."""
+def pixel_pyramid_anchors(config, image_shape):
+    """All anchors in pixels (levels P2..P6, each in row-major cell order, ratios fastest);
+    the order matches the concatenated RPN outputs."""
     backbone_shapes = compute_backbone_shapes(config, image_shape)
-    anchors = utils.generate_pyramid_anchors(
+    return utils.generate_pyramid_anchors(
         config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, backbone_shapes,
         config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
-    return utils.norm_boxes(anchors, image_shape[:2]).astype(np.float32)
+
+
+def pyramid_anchors(config, image_shape):
+    """pixel_pyramid_anchors normalised by norm_boxes, float32."""
+    return utils.norm_boxes(pixel_pyramid_anchors(config, image_shape), image_shape[:2]).astype(np.float32)

@@ -83,6 +83,7 @@ class DetectionLayer(keras.layers.Layer):
 
     def __init__(self, config=None, bbox_std_dev=None, min_confidence=None, max_instances=None,
                  nms_threshold=None, images_per_gpu=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         pick = lambda value, attr: value if value is not None else getattr(config, attr)  # noqa: E731
         self.bbox_std_dev = [float(v) for v in pick(bbox_std_dev, "BBOX_STD_DEV")]

@@ -77,6 +77,10 @@ register_graph_builder("inference", build_inference_graph)
 class DetectionBoxes(keras.layers.Layer):
     """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
 
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
     def call(self, inputs):
         return inputs[..., :4]
 
@@ -192,8 +196,18 @@ class MaskRCNN:
 
     # --- Inference -------------------------------------------------------------------------
     def get_anchors(self, image_shape):
-        """Normalised anchors [num_anchors, (y1, x1, y2, x2)] for an image shape (cached)."""
+        """Normalised anchors [num_anchors, (y1, x1, y2, x2)] for an image shape (cached).
+        As in Matterport, `self.anchors` keeps the same anchors in pixels."""
+        self.anchors = self._anchor_cache.get_pixels(image_shape)
         return self._anchor_cache.get(image_shape)
+
+    def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None, **kwargs):
+        """Matterport's train(); implemented in mrcnn.training (needs mode='training')."""
+        if self.mode != "training":
+            raise ValueError("train() needs a model built with mode='training'")
+        from mrcnn import training
+        return training.train(self, train_dataset, val_dataset, learning_rate=learning_rate, epochs=epochs,
+                              layers=layers, augmentation=augmentation, **kwargs)
 
     def mold_inputs(self, images):
         """Matterport's MaskRCNN.mold_inputs: (molded_images, image_metas, windows)."""
@@ -220,12 +234,29 @@ class MaskRCNN:
             @tf.function(input_signature=signature)
             def predict(images, metas, anchors_):
                 outputs = model([images, metas, anchors_], training=False)
-                return outputs[detections_ix], outputs[mask_ix], outputs[probs_ix]
+                return tuple(tf.cast(outputs[i], tf.float32) for i in (detections_ix, mask_ix, probs_ix))
 
             self._predict_fn = predict
         outputs = self._predict_fn(tf.constant(molded_images, tf.float32), tf.constant(image_metas, tf.float32),
                                    tf.constant(anchors, tf.float32))
         return [o.numpy() for o in outputs]
+
+    def detect_molded(self, molded_images, image_metas, verbose=0):
+        """Detect on images already molded (and of one shape), as Matterport's detect_molded.
+        Results are in the molded images' frame (window = the whole molded image)."""
+        if self.mode != "inference":
+            raise ValueError("detect_molded() needs a model built with mode='inference'")
+        molded_images = np.asarray(molded_images, np.float32)
+        image_metas = np.asarray(image_metas, np.float32)
+        if molded_images.ndim != 4 or len(molded_images) != len(image_metas):
+            raise ValueError("detect_molded() takes molded_images [N, H, W, C] and image_metas [N, meta size]")
+        results = [None] * len(molded_images)
+        batch = self.config.BATCH_SIZE
+        for start in range(0, len(molded_images), batch):
+            members = [(i, molded_images[i], image_metas[i], (0, 0) + molded_images[i].shape[:2])
+                       for i in range(start, min(start + batch, len(molded_images)))]
+            self._detect_batch([m.shape for m in molded_images], members, results, verbose)
+        return results
 
     def detect(self, images, verbose=0):
         """Run detection on a list of images (HxWxC, any sizes, any count).
@@ -254,7 +285,8 @@ class MaskRCNN:
         return results
 
     def _detect_batch(self, images, members, results, verbose):
-        """members: up to BATCH_SIZE (index, molded image, meta, window) of one molded shape."""
+        """members: up to BATCH_SIZE (index, molded image, meta, window) of one molded shape;
+        images[index] is the original image (or its shape)."""
         batch = self.config.BATCH_SIZE
         padded = members + [members[-1]] * (batch - len(members))  # repeat the last image
         molded = np.stack([m[1] for m in padded])
@@ -266,10 +298,14 @@ class MaskRCNN:
         detections, mrcnn_mask, class_probs = self._predict(molded, metas, anchors)
         for k, (i, image_molded, _meta, window) in enumerate(members):
             rois, class_ids, scores, masks, probs = molding.unmold_detections(
-                detections[k], mrcnn_mask[k], images[i].shape, image_molded.shape, window,
+                detections[k], mrcnn_mask[k], _shape(images[i]), image_molded.shape, window,
                 class_probs=class_probs[k])
             results[i] = {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks,
                           "class_probs": probs}
+
+
+def _shape(image_or_shape):
+    return image_or_shape if isinstance(image_or_shape, tuple) else image_or_shape.shape
 
 
 def _check_images(images, channels):

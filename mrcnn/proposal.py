@@ -17,6 +17,7 @@ class ProposalLayer(keras.layers.Layer):
 
     def __init__(self, proposal_count, nms_threshold, config=None, pre_nms_limit=None,
                  images_per_gpu=None, rpn_bbox_std_dev=None, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         self.proposal_count = int(proposal_count)
         self.nms_threshold = float(nms_threshold)

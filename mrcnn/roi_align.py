@@ -32,6 +32,7 @@ class PyramidROIAlign(keras.layers.Layer):
     """
 
     def __init__(self, pool_shape, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         self.pool_shape = tuple(int(v) for v in pool_shape)
 

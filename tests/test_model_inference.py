@@ -141,6 +141,14 @@ def test_detect_is_deterministic_batches_any_count_and_does_not_retrace(light_mo
     assert light_model._predict_fn.experimental_get_tracing_count() == 1
 
 
+def test_detect_molded_returns_results_in_the_molded_frame(light_model):
+    image = np.random.default_rng(3).integers(0, 256, size=(200, 256, 3)).astype(np.uint8)
+    molded, metas, _ = light_model.mold_inputs([image])
+    (result,) = light_model.detect_molded(molded, metas)
+    assert_well_formed(result, molded.shape[1:], 4)
+    assert light_model.anchors.shape == light_model.get_anchors(molded.shape[1:]).shape  # pixels, Matterport's
+
+
 def test_detect_rejects_bad_input(light_model):
     with pytest.raises(ValueError, match="list of images"):
         light_model.detect(np.zeros((64, 64, 3), np.uint8))
