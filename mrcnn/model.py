@@ -98,7 +98,7 @@ class MaskRCNN:
         self.config = config
         self.model_dir = model_dir
         self._anchor_cache = AnchorCache(config)
-        self._predict_fn = None
+        self._predict_fns = {}  # "static" / "dynamic" image-size signature -> tf.function
         self.set_log_dir()
         self.keras_model = self.build(mode=mode, config=config)
 
@@ -218,27 +218,35 @@ class MaskRCNN:
         return molding.unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window)
 
     def _predict(self, molded_images, image_metas, anchors):
-        """Run the model through one tf.function with a fixed signature (no retracing)."""
-        if self._predict_fn is None:
-            cfg = self.config
-            signature = [
-                tf.TensorSpec([cfg.BATCH_SIZE, None, None, int(cfg.IMAGE_SHAPE[2])], tf.float32),
-                tf.TensorSpec([cfg.BATCH_SIZE, cfg.IMAGE_META_SIZE], tf.float32),
-                tf.TensorSpec([cfg.BATCH_SIZE, None, 4], tf.float32),
-            ]
+        """Run the model through a tf.function with a fixed input signature (no retracing).
+
+        Images of the configured IMAGE_SHAPE (every image in "square" mode) use a signature
+        with static sizes, which lets grappler plan the whole graph; other sizes ("pad64",
+        "none", detect_molded) share a second one with unknown height and width.
+        """
+        cfg = self.config
+        static = tuple(molded_images.shape[1:]) == tuple(int(v) for v in cfg.IMAGE_SHAPE)
+        key = "static" if static else "dynamic"
+        if key not in self._predict_fns:
+            if static:
+                h, w, c = (int(v) for v in cfg.IMAGE_SHAPE)
+                image_spec = tf.TensorSpec([cfg.BATCH_SIZE, h, w, c], tf.float32)
+                anchor_spec = tf.TensorSpec([cfg.BATCH_SIZE, anchors.shape[1], 4], tf.float32)
+            else:
+                image_spec = tf.TensorSpec([cfg.BATCH_SIZE, None, None, int(cfg.IMAGE_SHAPE[2])], tf.float32)
+                anchor_spec = tf.TensorSpec([cfg.BATCH_SIZE, None, 4], tf.float32)
+            signature = [image_spec, tf.TensorSpec([cfg.BATCH_SIZE, cfg.IMAGE_META_SIZE], tf.float32), anchor_spec]
             model = self.keras_model
-            detections_ix = INFERENCE_OUTPUTS.index("detections")
-            mask_ix = INFERENCE_OUTPUTS.index("mrcnn_mask")
-            probs_ix = INFERENCE_OUTPUTS.index("class_probs")
+            wanted = [INFERENCE_OUTPUTS.index(n) for n in ("detections", "mrcnn_mask", "class_probs")]
 
             @tf.function(input_signature=signature)
             def predict(images, metas, anchors_):
                 outputs = model([images, metas, anchors_], training=False)
-                return tuple(tf.cast(outputs[i], tf.float32) for i in (detections_ix, mask_ix, probs_ix))
+                return tuple(tf.cast(outputs[i], tf.float32) for i in wanted)
 
-            self._predict_fn = predict
-        outputs = self._predict_fn(tf.constant(molded_images, tf.float32), tf.constant(image_metas, tf.float32),
-                                   tf.constant(anchors, tf.float32))
+            self._predict_fns[key] = predict
+        outputs = self._predict_fns[key](tf.constant(molded_images, tf.float32),
+                                         tf.constant(image_metas, tf.float32), tf.constant(anchors, tf.float32))
         return [o.numpy() for o in outputs]
 
     def detect_molded(self, molded_images, image_metas, verbose=0):

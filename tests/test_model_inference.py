@@ -138,7 +138,7 @@ def test_detect_is_deterministic_batches_any_count_and_does_not_retrace(light_mo
         # A padded last chunk gives the same result as the image on its own.
         np.testing.assert_allclose(batch[2][key], alone[key], rtol=1e-5, atol=1e-5)
     assert batch[0]["masks"].shape[:2] == (767, 1022)
-    assert light_model._predict_fn.experimental_get_tracing_count() == 1
+    assert light_model._predict_fns["static"].experimental_get_tracing_count() == 1
 
 
 def test_detect_molded_returns_results_in_the_molded_frame(light_model):
