@@ -46,6 +46,20 @@ def register_graph_builder(mode, builder):
     _GRAPH_BUILDERS[mode] = builder
 
 
+class DetectionBoxes(keras.layers.Layer):
+    """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        return inputs[..., :4]
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (4,)
+
+
 def build_inference_graph(model, config, trunk):
     """Proposals -> classifier -> detections -> masks on the detection boxes."""
     input_anchors = KL.Input(shape=[None, 4], name="input_anchors")
@@ -72,20 +86,6 @@ def build_inference_graph(model, config, trunk):
 
 
 register_graph_builder("inference", build_inference_graph)
-
-
-class DetectionBoxes(keras.layers.Layer):
-    """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
-    def call(self, inputs):
-        return inputs[..., :4]
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (4,)
 
 
 class MaskRCNN:
@@ -172,7 +172,8 @@ class MaskRCNN:
                                  if f.startswith("mask_rcnn") and f.endswith(".h5"))
             if checkpoints:
                 return os.path.join(path, checkpoints[-1])
-        raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {os.path.join(self.model_dir, dir_names[-1])}")
+        newest = os.path.join(self.model_dir, dir_names[-1])
+        raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {newest}")
 
     def load_weights(self, filepath, by_name=True, exclude=None):
         """Load a Keras-2-layout .h5 (Matterport's files and our checkpoints), by layer name;

@@ -180,7 +180,7 @@ def test_set_log_dir_and_find_last(tmp_path):
     assert model.epoch == 0 and os.path.basename(model.log_dir).startswith("lesion")
     with pytest.raises(FileNotFoundError):
         model.find_last()
-    old, new, empty = tmp_path / "lesion20260101T0000", tmp_path / "lesion20260102T0000", tmp_path / "lesion20260103T0000"
+    old, new, empty = (tmp_path / f"lesion2026010{day}T0000" for day in (1, 2, 3))
     for d in (old, new, empty):
         d.mkdir()
     (old / "mask_rcnn_lesion_0009.h5").write_bytes(b"")
