@@ -4,6 +4,7 @@
 to the graph builder registered for the mode. The inference builder lives here; a training
 builder is added from another module with `register_graph_builder("training", fn)`.
 """
+import contextlib
 import datetime
 import errno
 import logging
@@ -88,6 +89,30 @@ def build_inference_graph(model, config, trunk):
 register_graph_builder("inference", build_inference_graph)
 
 
+@contextlib.contextmanager
+def _precision_policy(policy):
+    """Build layers under Config.MIXED_PRECISION (None: float32); the global policy is
+    restored afterwards, since layers keep the policy they were built with."""
+    if not policy:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _distribution_scope(mode, config):
+    """Training with GPU_COUNT > 1 builds its variables under a tf.distribute strategy
+    (mrcnn.training.distribution_strategy); everything else builds without one."""
+    if mode == "training" and config.GPU_COUNT > 1:
+        from mrcnn import training
+        return training.distribution_strategy(config).scope()
+    return contextlib.nullcontext()
+
+
 class MaskRCNN:
     """Mask R-CNN with Matterport's interface. The Keras model is in `keras_model`."""
 
@@ -132,8 +157,9 @@ class MaskRCNN:
                                           f"{exc})") from exc
         if mode not in _GRAPH_BUILDERS:
             raise NotImplementedError(f"no graph builder registered for mode {mode!r}")
-        trunk = self.build_trunk(config)
-        return _GRAPH_BUILDERS[mode](self, config, trunk)
+        with _precision_policy(config.MIXED_PRECISION), _distribution_scope(mode, config):
+            trunk = self.build_trunk(config)
+            return _GRAPH_BUILDERS[mode](self, config, trunk)
 
     # --- Logs and checkpoints --------------------------------------------------------------
     def _name_key(self):
