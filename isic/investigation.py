@@ -83,10 +83,10 @@ def run(args, config, overrides=()):
         out_dir = weights.parent / f"investigate_{args.subset}"
     else:
         out_dir = pathlib.Path(args.logs) / f"investigate_{args.task}_{args.subset}"
+    model = runs.load_inference_model(config, weights, args.logs)
     pred_dir, fig_dir = out_dir / "predictions", out_dir / "figures"
     pred_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    model = runs.load_inference_model(config, weights, args.logs)
     report = investigate(model, dataset, args.task, pred_dir, fig_dir)
     report["weights"] = str(weights)
     report["dataset"] = str(dataset_dir)

@@ -74,9 +74,9 @@ def run(args, config, overrides=()):
     inputs = list_inputs(args.image)
     weights = runs.resolve_weights(args.weights, "predict", synthetic, args.task, args.logs)
     config = runs.run_config_for(weights, config, overrides)
+    model = runs.load_inference_model(config, weights, args.logs)
     out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model = runs.load_inference_model(config, weights, args.logs)
     class_names = ["BG"] + list(layout.CLASS_NAMES[args.task])
 
     rows, skipped = [], []
