@@ -124,7 +124,9 @@ def investigate(model, dataset, task, pred_dir, fig_dir):
         if task == "segmentation":
             task1_pairs[isic] = (truth, deliverable)
         elif task == "attributes":
-            task2_masks[isic] = {a: (truth[a], deliverable[a]) for a in layout.ATTRIBUTES}
+            # Like the official scorer, an attribute without a ground-truth file is not scored.
+            task2_masks[isic] = {a: (truth[a], deliverable[a]) for a in layout.ATTRIBUTES
+                                 if a not in info.get("missing_attributes", ())}
         else:
             task3_truth.append(truth)
             task3_pred.append(deliverable)
