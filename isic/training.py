@@ -12,6 +12,9 @@ from isic.errors import UserError
 
 log = logging.getLogger(__name__)
 
+# The task-specific variants of mrcnn.augment.default_augmentation.
+AUGMENTATION_TASKS = {"segmentation": "task1", "attributes": "task2", "classification": "task3"}
+
 
 def schedule_for(config, epochs=None, layers=None):
     """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when
@@ -47,6 +50,7 @@ def load_start_weights(model, weights, config):
 def run(args, config):
     from mrcnn import model as modellib
     from mrcnn.augment import default_augmentation
+    from mrcnn.training import NonFiniteLossError
 
     synthetic = args.dataset == "synthetic"
     dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
@@ -57,13 +61,19 @@ def run(args, config):
 
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
     load_start_weights(model, weights, config)
-    augmentation = default_augmentation(args.task, seed=config.SEED) if config.AUGMENTATION == "default" else None
+    augmentation = None
+    if config.AUGMENTATION == "default":
+        square = config.IMAGE_RESIZE_MODE in ("square", "crop")
+        augmentation = default_augmentation(AUGMENTATION_TASKS[args.task], seed=config.SEED, square=square)
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
     for layers, end_epoch, learning_rate in stages:
         if model.epoch >= end_epoch:
             continue
-        model.train(train_set, val_set, learning_rate=learning_rate, epochs=end_epoch, layers=layers,
-                    augmentation=augmentation)
+        try:
+            model.train(train_set, val_set, learning_rate=learning_rate, epochs=end_epoch, layers=layers,
+                        augmentation=augmentation)
+        except NonFiniteLossError as e:
+            raise UserError(str(e)) from e
     print(f"Training finished at epoch {model.epoch}; run folder {model.log_dir}")
     return 0

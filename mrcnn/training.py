@@ -189,6 +189,7 @@ class MaskRCNNTrainingModel(keras.Model):
         self.loss_weights_by_name = {name: float(config.LOSS_WEIGHTS[name]) for name in LOSS_NAMES}
         self.weight_decay = float(config.WEIGHT_DECAY)
         self.trackers = {name: keras.metrics.Mean(name=name, dtype="float32") for name in ("loss",) + LOSS_NAMES}
+        self.train_step_traces = 0  # Python side effect: counts tracings of train_step, not steps
 
     @property
     def metrics(self):
@@ -212,6 +213,7 @@ class MaskRCNNTrainingModel(keras.Model):
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) and len(data) == 1 else data
+        self.train_step_traces += 1
         with tf.GradientTape() as tape:
             total, values = self.compute_losses(x, training=True)
             # Gradients are summed over replicas: each contributes its share of the mean.
