@@ -140,7 +140,7 @@ def build_training_graph(model, config, trunk):
     input_gt_class_ids = KL.Input(shape=[None], name="input_gt_class_ids", dtype="int32")
     input_gt_boxes = KL.Input(shape=[None, 4], name="input_gt_boxes", dtype="float32")  # pixels
     mask_shape = list(config.MINI_MASK_SHAPE) if config.USE_MINI_MASK else [int(v) for v in config.IMAGE_SHAPE[:2]]
-    input_gt_masks = KL.Input(shape=mask_shape + [None], name="input_gt_masks", dtype="bool")
+    input_gt_masks = KL.Input(shape=mask_shape + [None], name="input_gt_masks", dtype="uint8")  # 0/1
 
     gt_boxes = NormBoxes(name="norm_gt_boxes")([input_gt_boxes, input_image])  # [batch, MAX_GT, 4]
     anchors = ConstantAnchors(model.get_anchors(config.IMAGE_SHAPE), name="anchors")(input_image)
@@ -361,6 +361,11 @@ class TrainingFeed(MaskRCNNSequence):
 
     def __len__(self):
         return self.steps
+
+    def __getitem__(self, index):
+        # gt_masks as uint8: Keras reduces a first distributed batch with a MEAN, which bool cannot take.
+        (inputs,) = super().__getitem__(index)
+        return (inputs[:-1] + (inputs[-1].view(np.uint8),),)
 
 
 def make_feeds(model, train_dataset, val_dataset, augmentation=None, workers=None, use_multiprocessing=False):

@@ -26,12 +26,14 @@ LR = 0.01
 
 def main(logs):
     keras.utils.set_random_seed(0)
-    # Momentum 0 and no clipping: the update is exactly -LR * gradient. ROI_POSITIVE_RATIO 1
-    # keeps every positive ROI and no negatives, so ROI sampling does not depend on the shuffle.
+    # Momentum 0 and no clipping: the update is exactly -LR * gradient. No random sampling:
+    # more RPN training anchors than anchors (1023), and ROI_POSITIVE_RATIO 1 with room for
+    # every proposal keeps all positive ROIs and no negatives.
     values = dict(GPU_COUNT=2, IMAGES_PER_GPU=1, LEARNING_MOMENTUM=0.0, GRADIENT_CLIP_NORM=None,
-                  ROI_POSITIVE_RATIO=1.0, STEPS_PER_EPOCH=1, VALIDATION_STEPS=1)
+                  RPN_TRAIN_ANCHORS_PER_IMAGE=2048, ROI_POSITIVE_RATIO=1.0, TRAIN_ROIS_PER_IMAGE=100,
+                  STEPS_PER_EPOCH=1, VALIDATION_STEPS=1)
     config = tiny_config(**values)
-    dataset = BlobDataset(4, config.NUM_CLASSES)
+    dataset = BlobDataset(2, config.NUM_CLASSES)  # every batch holds both images
     model = MaskRCNN("training", config, logs)
     replicas = model.keras_model.distribute_strategy.num_replicas_in_sync
 
@@ -40,12 +42,12 @@ def main(logs):
     ref.keras_model.set_weights(model.keras_model.get_weights())
 
     train_feed, _ = training.make_feeds(model, dataset, dataset, workers=0)
-    batch = train_feed[0][0]  # the batch fit() will see first: [2 images, ...]
+    batch = train_feed[0][0]  # [2 images, ...]: every batch of the epoch has the same two
     training.compile_model(model, LR, "all")
     training.set_trainable(ref.keras_model, ".*")
-    before = [np.array(v) for v in model.keras_model.trainable_weights]
+    before = [keras.ops.convert_to_numpy(v) for v in model.keras_model.trainable_weights]
     model.keras_model.fit(train_feed, epochs=1, steps_per_epoch=1, verbose=0)
-    after = [np.array(v) for v in model.keras_model.trainable_weights]
+    after = [keras.ops.convert_to_numpy(v) for v in model.keras_model.trainable_weights]
 
     grads = []
     for i in range(2):

@@ -299,7 +299,7 @@ def cli_train(dataset, logs, *extra):
 def test_kill_mid_epoch_and_resume_with_weights_last(synthetic_folder, tmp_path):
     logs = tmp_path / "logs"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cli_train(synthetic_folder, logs), cwd=ROOT, env=env,
+    proc = subprocess.Popen(cli_train(synthetic_folder, logs, "--weights", "none"), cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     first = None
