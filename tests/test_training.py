@@ -290,7 +290,7 @@ CLI_SETTINGS = ["BACKBONE=resnet18", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "IM
 
 def cli_train(dataset, logs, *extra):
     args = [sys.executable, str(ROOT / "lesions.py"), "--mode", "train", "--dataset", str(dataset),
-            "--logs", str(logs), "--epochs", "3", "--steps-per-epoch", "8", "--layers", "all"]
+            "--logs", str(logs), "--epochs", "3", "--steps-per-epoch", "20", "--layers", "all"]
     for setting in CLI_SETTINGS:
         args += ["--set", setting]
     return args + list(extra)
@@ -310,7 +310,7 @@ def test_kill_mid_epoch_and_resume_with_weights_last(synthetic_folder, tmp_path)
             break
         time.sleep(0.2)
     assert first is not None, proc.stderr.read().decode()[-3000:] if proc.poll() is not None else "timeout"
-    time.sleep(3)  # into epoch 2 (8 steps of ~0.5 s)
+    time.sleep(1.5)  # into epoch 2 (20 steps of ~0.3 s)
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
