@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import sys
 
 import keras
 import numpy as np
@@ -402,7 +403,7 @@ def compile_model(model, learning_rate, layers):
 
 def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None,
           custom_callbacks=None, no_augmentation_sources=None, workers=None, use_multiprocessing=False,
-          verbose="auto"):
+          verbose=None):
     """Train `model` (a MaskRCNN in training mode) from model.epoch up to `epochs`.
 
     layers: heads, 3+, 4+, 5+, all, or a regex of layer names to train.
@@ -411,6 +412,7 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     Writes into model.log_dir: config.json, mask_rcnn_<name>_<epoch:04d>.h5 after every
     epoch (atomic, Keras-2 layout), TensorBoard events and history.csv. Raises
     NonFiniteLossError when a loss becomes NaN or infinite (earlier checkpoints stay).
+    verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per epoch otherwise.
     Returns the Keras History.
     """
     if no_augmentation_sources:
@@ -433,6 +435,8 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
 
     log.info("Starting at epoch %d, LR=%s; checkpoints: %s", model.epoch, learning_rate, model.checkpoint_path)
     keras_model = compile_model(model, learning_rate, layers)
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
     history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
                               steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
                               validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,

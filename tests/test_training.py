@@ -181,18 +181,21 @@ def test_checkpoint_loads_into_inference_model_bit_exact(overfit_run, tmp_path):
 @pytest.mark.parametrize("num_classes", [6, 8])
 def test_task_class_counts_train_with_losses_logged(num_classes, tmp_path):
     """Task 2 (6 classes, half the images without instances, kept) and Task 3 (8 classes,
-    non-default LOSS_WEIGHTS)."""
+    non-default LOSS_WEIGHTS, mixed_bfloat16)."""
     keras.utils.set_random_seed(1)
     task2 = num_classes == 6
     weights = dict(Config.LOSS_WEIGHTS)
     if not task2:
         weights.update(rpn_bbox_loss=0.5, mrcnn_mask_loss=2.0)
-    config = tiny_config(NUM_CLASSES=num_classes, KEEP_EMPTY_IMAGES=task2, LOSS_WEIGHTS=weights, STEPS_PER_EPOCH=2)
+    config = tiny_config(NUM_CLASSES=num_classes, KEEP_EMPTY_IMAGES=task2, LOSS_WEIGHTS=weights, STEPS_PER_EPOCH=2,
+                         MIXED_PRECISION=None if task2 else "mixed_bfloat16")
     dataset = BlobDataset(8, num_classes, empty_every=2 if task2 else 0)
     model = MaskRCNN("training", config, str(tmp_path))
     history = model.train(dataset, dataset, learning_rate=0.01, epochs=1, layers="heads", verbose=0).history
     check_logged_losses(history, weights)
     assert model.keras_model.get_layer("mrcnn_class_logits").layer.units == num_classes
+    assert model.keras_model.get_layer("fpn_c5p5").compute_dtype == ("float32" if task2 else "bfloat16")
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored after the build
     stats = model.train_stats
     assert stats["empty_skipped"] == 0
     if task2:
