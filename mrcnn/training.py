@@ -115,6 +115,28 @@ class StopGradient(keras.layers.Layer):
         return tuple(input_shape)
 
 
+def positive_roi_slots(config):
+    """How many leading ROIs of DetectionTargetLayer's output can be positive."""
+    if config.ROI_POSITIVE_RATIO <= 0:
+        return config.TRAIN_ROIS_PER_IMAGE
+    return max(1, int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO))
+
+
+class LeadingRois(keras.layers.Layer):
+    """[batch, rois, ...] -> [batch, count, ...]: the first `count` ROIs."""
+
+    def __init__(self, count, **kwargs):
+        kwargs.setdefault("autocast", False)  # int ids and float32 targets pass through unchanged
+        super().__init__(**kwargs)
+        self.count = int(count)
+
+    def call(self, inputs):
+        return inputs[:, :self.count]
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor((inputs.shape[0], self.count) + tuple(inputs.shape[2:]), dtype=inputs.dtype)
+
+
 class LossLayer(keras.layers.Layer):
     """One of the five losses as a float32 scalar output [1] (named like Matterport's)."""
 
@@ -158,8 +180,15 @@ def build_training_graph(model, config, trunk):
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=config.TRAIN_BN,
         fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
-    mrcnn_mask = build_fpn_mask_graph(rois, feature_maps, image_meta, config.MASK_POOL_SIZE, config.NUM_CLASSES,
-                                      train_bn=config.TRAIN_BN)
+    # DetectionTargetLayer puts the positive ROIs first and caps them at this count; the mask
+    # loss only reads positives, so the mask head runs on these leading ROIs alone (the same
+    # loss and gradients as running it on every sampled ROI, for a third of the work).
+    positive_slots = positive_roi_slots(config)
+    mask_rois = LeadingRois(positive_slots, name="mask_rois")(rois)
+    mask_class_ids = LeadingRois(positive_slots, name="mask_target_class_ids")(target_class_ids)
+    mask_targets = LeadingRois(positive_slots, name="mask_targets")(target_mask)
+    mrcnn_mask = build_fpn_mask_graph(mask_rois, feature_maps, image_meta, config.MASK_POOL_SIZE,
+                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN)
     output_rois = StopGradient(name="output_rois")(rois)
 
     rpn_class_loss = LossLayer(L.rpn_class_loss_graph, name="rpn_class_loss")(
@@ -169,7 +198,7 @@ def build_training_graph(model, config, trunk):
     class_loss = LossLayer(L.mrcnn_class_loss_graph, name="mrcnn_class_loss")(
         [target_class_ids, mrcnn_class_logits, active_class_ids])
     bbox_loss = LossLayer(L.mrcnn_bbox_loss_graph, name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox])
-    mask_loss = LossLayer(L.mrcnn_mask_loss_graph, name="mrcnn_mask_loss")([target_mask, target_class_ids, mrcnn_mask])
+    mask_loss = LossLayer(L.mrcnn_mask_loss_graph, name="mrcnn_mask_loss")([mask_targets, mask_class_ids, mrcnn_mask])
 
     inputs = [input_image, image_meta, input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes,
               input_gt_masks]
