@@ -28,9 +28,6 @@ from mrcnn.rpn import build_rpn_model, rpn_outputs
 log = logging.getLogger(__name__)
 
 MODES = ("inference", "training")
-RESNET50_IMAGENET_URL = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
-                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-RESNET50_IMAGENET_MD5 = "a268eb855778b3df3c7506639542a6af"
 
 # Inference model outputs, in order (Matterport's seven, then class_probs).
 INFERENCE_OUTPUTS = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "rpn_class",
@@ -218,8 +215,8 @@ class MaskRCNN:
     def get_imagenet_weights(self):
         """Download (once) and return the path of the ImageNet ResNet-50 weights (Keras-2 names
         conv1, bn_conv1, res2a_branch2a, ... that load by name into this backbone)."""
-        return keras.utils.get_file("resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", RESNET50_IMAGENET_URL,
-                                    cache_subdir="models", md5_hash=RESNET50_IMAGENET_MD5)
+        from mrcnn import download
+        return str(download.imagenet_resnet50_weights_path())
 
     # --- Inference -------------------------------------------------------------------------
     def get_anchors(self, image_shape):
