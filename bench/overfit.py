@@ -1,9 +1,11 @@
 """Overfit check: train a CPU-sized Mask R-CNN on a handful of synthetic lesion images, then
 detect on the same images and measure the mask IoU of the top detection against the ground
 truth (mrcnn.utils.compute_overlaps_masks). A working training graph drives it close to 1.
+BatchNorm trains here (TRAIN_BN=True): from scratch, frozen BatchNorm caps the mean mask IoU
+near 0.67 after 300 steps; training it gives 0.84 after 300 steps and 0.945 after 600.
 
-usage: python bench/overfit.py [--images 6] [--size 128] [--steps 300] [--lr 0.01] [--train-rois 32]
-                              [--json out.json]
+usage: python bench/overfit.py [--images 6] [--size 128] [--steps 600] [--lr 0.01] [--train-rois 32]
+                              [--frozen-bn] [--json out.json]
 """
 import argparse
 import json
@@ -62,9 +64,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=300, help="training steps (in epochs of 50)")
+    parser.add_argument("--steps", type=int, default=600, help="training steps (in epochs of 50)")
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--train-rois", type=int, default=32, help="TRAIN_ROIS_PER_IMAGE")
+    parser.add_argument("--frozen-bn", action="store_true",
+                        help="keep BatchNorm frozen (Matterport's TRAIN_BN=False); from scratch it learns far worse")
     parser.add_argument("--json", help="also write the result here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -74,12 +78,15 @@ def main(argv=None):
     epoch_steps = min(50, args.steps)
     epochs = max(1, args.steps // epoch_steps)
     logs = tempfile.mkdtemp(prefix="overfit-logs-")
-    model = MaskRCNN("training", overfit_config(args.size, epoch_steps, TRAIN_ROIS_PER_IMAGE=args.train_rois), logs)
+    train_bn = not args.frozen_bn
+    model = MaskRCNN("training", overfit_config(args.size, epoch_steps, TRAIN_ROIS_PER_IMAGE=args.train_rois,
+                                                TRAIN_BN=train_bn), logs)
     start = time.perf_counter()
     history = model.train(dataset, dataset, learning_rate=args.lr, epochs=epochs, layers="all", verbose=0).history
     train_seconds = time.perf_counter() - start
 
-    inference = MaskRCNN("inference", overfit_config(args.size, epoch_steps, images_per_gpu=1), logs)
+    inference = MaskRCNN("inference", overfit_config(args.size, epoch_steps, images_per_gpu=1, TRAIN_BN=train_bn),
+                         logs)
     inference.load_weights(model.find_last(), by_name=True)
     ious = []
     for image_id in dataset.image_ids:
@@ -92,7 +99,7 @@ def main(argv=None):
         top = int(np.argmax(result["scores"]))
         ious.append(float(utils.compute_overlaps_masks(result["masks"][..., top:top + 1], gt_mask)[0, 0]))
     out = {"images": args.images, "size": args.size, "steps": epochs * epoch_steps, "lr": args.lr,
-           "train_rois_per_image": args.train_rois,
+           "train_rois_per_image": args.train_rois, "train_bn": train_bn,
            "train_seconds": round(train_seconds, 1), "first_epoch_loss": history["loss"][0],
            "last_epoch_loss": history["loss"][-1], "mask_iou_per_image": [round(v, 4) for v in ious],
            "mask_iou_mean": float(np.mean(ious)), "mask_iou_min": float(np.min(ious))}
