@@ -84,9 +84,10 @@ TASK_CONFIGS = {
 }
 
 # CPU-sized values that `--dataset synthetic` applies on top of the task config, so the
-# embedded default trains on a laptop in minutes.
+# embedded default trains from scratch on a laptop in minutes.
 SYNTHETIC_CPU_OVERRIDES = {
     "BACKBONE": "resnet18",
+    "TRAIN_BN": True,  # from scratch, frozen BatchNorm leaves the network unnormalised
     "IMAGES_PER_GPU": 2,
     "IMAGE_MIN_DIM": 256,
     "IMAGE_MAX_DIM": 256,
@@ -100,7 +101,7 @@ SYNTHETIC_CPU_OVERRIDES = {
     "TRAIN_ROIS_PER_IMAGE": 32,
     "STEPS_PER_EPOCH": 50,
     "VALIDATION_STEPS": 10,
-    "SCHEDULE": [["all", 8, 0.01]],
+    "SCHEDULE": [["all", 16, 0.01]],
 }
 
 
