@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mrcnn import utils
+from mrcnn.layers import trim_zeros_graph
 
 # IoU thresholds of the RPN (Faster R-CNN's) and of the detection heads.
 RPN_POSITIVE_IOU = 0.7
@@ -96,12 +97,6 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
 #  Detection targets (graph)
 ############################################################
 
-def _trim_zeros_graph(boxes):
-    """Drop all-zero rows. boxes: [N, 4] -> ([M, 4], [N] bool of the kept rows)."""
-    non_zeros = tf.reduce_sum(tf.abs(boxes), axis=1) > 0
-    return tf.boolean_mask(boxes, non_zeros), non_zeros
-
-
 def _overlaps_graph(boxes1, boxes2):
     """IoU matrix [N1, N2] of boxes1 [N1, 4] and boxes2 [N2, 4] (0 where the union is 0)."""
     b1 = boxes1[:, tf.newaxis, :]  # [N1, 1, 4]
@@ -151,8 +146,8 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config)
     gt_boxes = tf.cast(gt_boxes, tf.float32)
     gt_class_ids = tf.cast(gt_class_ids, tf.int32)
 
-    proposals, _ = _trim_zeros_graph(proposals)
-    gt_boxes, non_zeros = _trim_zeros_graph(gt_boxes)
+    proposals, _ = trim_zeros_graph(proposals)
+    gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
     gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
     gt_masks = tf.gather(gt_masks, tf.where(non_zeros)[:, 0], axis=2)
 
