@@ -112,6 +112,10 @@ class Config:
     MIXED_PRECISION = None
     # Seed for splits, augmentation and synthetic data.
     SEED = 42
+    # detect() runs the mask head only on the detection slots that hold a detection (the
+    # most any image of the batch has) instead of on all DETECTION_MAX_INSTANCES slots.
+    # Same results; False runs keras_model's plain graph (the mask head on every slot).
+    DETECT_MASKS_ON_SURVIVORS = True
 
     def __init__(self, **overrides):
         for key, value in overrides.items():
@@ -183,6 +187,8 @@ class Config:
              "must be > 0 or None")
         need(isinstance(self.LOSS_WEIGHTS, dict) and set(self.LOSS_WEIGHTS) == set(LOSS_NAMES), "LOSS_WEIGHTS",
              f"must have exactly the keys {', '.join(LOSS_NAMES)}")
+        need(isinstance(self.DETECT_MASKS_ON_SURVIVORS, (bool, np.bool_)), "DETECT_MASKS_ON_SURVIVORS",
+             "must be True or False")
         need(self.MIXED_PRECISION in MIXED_PRECISION_POLICIES, "MIXED_PRECISION",
              "must be None, 'mixed_float16' or 'mixed_bfloat16'")
 

@@ -247,6 +247,7 @@ class MaskRCNN:
         Images of the configured IMAGE_SHAPE (every image in "square" mode) use a signature
         with static sizes, which lets grappler plan the whole graph; other sizes ("pad64",
         "none", detect_molded) share a second one with unknown height and width.
+        Returns numpy (detections, mrcnn_mask, class_probs).
         """
         cfg = self.config
         static = tuple(molded_images.shape[1:]) == tuple(int(v) for v in cfg.IMAGE_SHAPE)
@@ -260,18 +261,51 @@ class MaskRCNN:
                 image_spec = tf.TensorSpec([cfg.BATCH_SIZE, None, None, int(cfg.IMAGE_SHAPE[2])], tf.float32)
                 anchor_spec = tf.TensorSpec([cfg.BATCH_SIZE, None, 4], tf.float32)
             signature = [image_spec, tf.TensorSpec([cfg.BATCH_SIZE, cfg.IMAGE_META_SIZE], tf.float32), anchor_spec]
-            model = self.keras_model
-            wanted = [INFERENCE_OUTPUTS.index(n) for n in ("detections", "mrcnn_mask", "class_probs")]
-
-            @tf.function(input_signature=signature)
-            def predict(images, metas, anchors_):
-                outputs = model([images, metas, anchors_], training=False)
-                return tuple(tf.cast(outputs[i], tf.float32) for i in wanted)
-
-            self._predict_fns[key] = predict
+            run = self._survivor_masks_fn() if cfg.DETECT_MASKS_ON_SURVIVORS else self._plain_fn()
+            self._predict_fns[key] = tf.function(run, input_signature=signature)
         outputs = self._predict_fns[key](tf.constant(molded_images, tf.float32),
                                          tf.constant(image_metas, tf.float32), tf.constant(anchors, tf.float32))
         return [o.numpy() for o in outputs]
+
+    def _plain_fn(self):
+        """(images, metas, anchors) -> (detections, mrcnn_mask, class_probs) through keras_model:
+        the mask head runs on all DETECTION_MAX_INSTANCES slots, padding included."""
+        model = self.keras_model
+        wanted = [INFERENCE_OUTPUTS.index(n) for n in ("detections", "mrcnn_mask", "class_probs")]
+
+        def predict(images, metas, anchors):
+            outputs = model([images, metas, anchors], training=False)
+            return tuple(tf.cast(outputs[i], tf.float32) for i in wanted)
+
+        return predict
+
+    def _survivor_masks_fn(self):
+        """Like `_plain_fn`, but the mask head runs only on the first `count` detection slots,
+        count = the largest number of detections of an image in the batch (at least 1); the
+        masks are zero-padded back to DETECTION_MAX_INSTANCES slots. Detections are sorted by
+        score and zero-padded at the end, so every real detection keeps its mask. Two Keras
+        models share keras_model's layers (and weights): everything up to the detections, and
+        the mask head from detection boxes + feature maps."""
+        model = self.keras_model
+        detections, class_probs = model.get_layer("mrcnn_detection").output
+        roi_align_inputs = model.get_layer("roi_align_mask").input
+        boxes, image_meta, feature_maps = roi_align_inputs[0], roi_align_inputs[1], list(roi_align_inputs[2:])
+        front = keras.Model(model.inputs, [detections, class_probs] + feature_maps, name="mask_rcnn_detections")
+        mask_head = keras.Model([boxes, image_meta] + feature_maps, model.get_layer("mrcnn_mask").output,
+                                name="mask_rcnn_mask_head")
+        max_instances = int(self.config.DETECTION_MAX_INSTANCES)
+
+        def predict(images, metas, anchors):
+            # detections [batch, max_instances, (y1, x1, y2, x2, class_id, score)], zero rows last
+            detections_, class_probs_, *maps = front([images, metas, anchors], training=False)
+            per_image = tf.reduce_sum(tf.cast(detections_[..., 4] > 0, tf.int32), axis=1)  # [batch]
+            count = tf.maximum(tf.reduce_max(per_image), 1)
+            # [batch, count, mask_h, mask_w, num_classes]
+            masks = mask_head([detections_[:, :count, :4], metas] + maps, training=False)
+            masks = tf.pad(tf.cast(masks, tf.float32), [[0, 0], [0, max_instances - count], [0, 0], [0, 0], [0, 0]])
+            return tf.cast(detections_, tf.float32), masks, tf.cast(class_probs_, tf.float32)
+
+        return predict
 
     def detect_molded(self, molded_images, image_metas, verbose=0):
         """Detect on images already molded (and of one shape), as Matterport's detect_molded.
