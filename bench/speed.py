@@ -7,7 +7,9 @@ detect: for each config set (task1: lesions.SegmentationConfig; coco: Matterport
   with the mask head on surviving detections (DETECT_MASKS_ON_SURVIVORS, the default) and
   with the plain path, the bare backbone forward pass at the same size, their ratio, the
   number of detections, the stages (backbone+FPN+RPN, everything up to the detections, the
-  whole tf.function) and the peak RSS.
+  whole tf.function) and the peak RSS. Random weights fill every detection slot; a trained
+  model keeps a few, so both paths are also timed with --few detections (class logits
+  softened, threshold at the few-th score).
 train: s/step at 512 for each backbone and batch (the Task 1 config, synthetic lesion files
   through the real feed and augmentation), the bare ResNet-50 training step in the same
   process, their ratio.
@@ -16,7 +18,8 @@ data: the training feed alone in images/s (threads and processes), and its ratio
 
 usage: python bench/speed.py [--only detect train data] [--sets task1 coco]
                              [--backbones resnet50 resnet101] [--sizes 512 1024]
-                             [--repeats 5] [--batches 1 2] [--steps 5] [--json bench/speed.json]
+                             [--repeats 5] [--few 3] [--batches 1 2] [--steps 5]
+                             [--json bench/speed.json]
 Random weights: detection counts depend on them (reported per row).
 """
 import argparse
