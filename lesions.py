@@ -54,6 +54,19 @@ class ISICConfig(Config):
     SCHEDULE = [["heads", 10, 0.001], ["all", 30, 0.0001]]
     # Augmentation for training: "default" (albumentations, isic-tuned) or "none".
     AUGMENTATION = "default"
+    # Task 1 post-processing (isic.refinement): test-time flips (4 views vote) and the
+    # full-resolution refinement of the lesion mask: "none", "fill" or "grabcut".
+    TASK1_TTA_FLIPS = False
+    TASK1_MASK_REFINEMENT = "none"
+
+    def validate(self):
+        super().validate()
+        from isic.refinement import REFINEMENTS
+        if self.TASK1_MASK_REFINEMENT not in REFINEMENTS:
+            raise ConfigError(f"Config.TASK1_MASK_REFINEMENT={self.TASK1_MASK_REFINEMENT!r}: "
+                              f"expected one of {REFINEMENTS}")
+        if not isinstance(self.TASK1_TTA_FLIPS, bool):
+            raise ConfigError(f"Config.TASK1_TTA_FLIPS={self.TASK1_TTA_FLIPS!r}: expected true or false")
 
 
 class SegmentationConfig(ISICConfig):
@@ -158,6 +171,9 @@ def build_parser():
     parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
                                          "folder of the weights)")
     parser.add_argument("--epochs", type=int, help="train: total epochs (overrides the schedule's end)")
+    parser.add_argument("--minutes", type=float,
+                        help="train: wall-time budget; the schedule's stages get their share of it "
+                             "(epoch ends become time fractions) and training stops when it is used")
     parser.add_argument("--steps-per-epoch", type=int, help="train: steps per epoch")
     parser.add_argument("--layers", help="train: heads, 3+, 4+, 5+, all or a regex (one stage)")
     parser.add_argument("--limit", type=int, help="use at most N images of the dataset")

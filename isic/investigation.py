@@ -15,7 +15,7 @@ import pathlib
 import numpy as np
 from tqdm import tqdm
 
-from isic import layout, metrics, outputs, runs, submission
+from isic import layout, metrics, outputs, refinement, runs, submission
 from mrcnn import utils, visualize
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ def investigate(model, dataset, task, pred_dir, fig_dir):
         areas.extend(float(gt_masks[..., i].mean()) for i in range(gt_masks.shape[-1]))
         empty += gt_masks.shape[-1] == 0
 
-        deliverable = outputs.task_deliverable(task, result, image.shape)
+        deliverable = refinement.task_deliverable(task, model, image, result)
         truth = _gt_deliverable(task, gt_masks, gt_class_ids, info, image.shape)
         outputs.write_deliverable(task, pred_dir, isic, deliverable)
         if task == "segmentation":

@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from isic import layout, outputs, runs, submission
+from isic import layout, outputs, refinement, runs, submission
 from isic.errors import UserError
 from mrcnn import visualize
 
@@ -87,7 +87,7 @@ def run(args, config, overrides=()):
             continue
         result = model.detect([image])[0]
         stem = submission.submission_stem(path.name)
-        deliverable = outputs.task_deliverable(args.task, result, image.shape)
+        deliverable = refinement.task_deliverable(args.task, model, image, result)
         outputs.write_deliverable(args.task, out_dir, stem, deliverable)
         if args.task == "classification":
             rows.append((stem, deliverable))

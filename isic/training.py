@@ -4,8 +4,13 @@
 The run folder (`logs/<task><YYYYMMDDTHHMM>/`) gets config.json, one checkpoint per epoch,
 TensorBoard events and a history CSV (written by the model's training loop). Starting from
 a checkpoint of a run (`--weights last` or its path) resumes that run at the next epoch.
+
+With a time budget (`--minutes M`) the schedule's epoch counts become shares of the wall
+time: a stage ending at epoch e of a schedule ending at E ends after e/E of the budget
+(counted from the start of the run, model building included), whatever the machine's speed.
 """
 import logging
+import time
 
 from isic import runs
 from isic.errors import UserError
@@ -30,6 +35,16 @@ def schedule_for(config, epochs=None, layers=None):
     return stages
 
 
+# Epoch cap of a stage under a time budget: the clock, not the count, ends it.
+BUDGET_EPOCH_CAP = 100000
+
+
+def stage_deadlines(stages, minutes, start):
+    """time.monotonic() deadline of each stage when the run has `minutes` of wall time."""
+    last_end = stages[-1][1]
+    return [start + 60.0 * minutes * end_epoch / last_end for _, end_epoch, _ in stages]
+
+
 def load_start_weights(model, weights, config):
     """Load the chosen starting weights into a training model."""
     from mrcnn import download
@@ -50,7 +65,11 @@ def load_start_weights(model, weights, config):
 def run(args, config):
     from mrcnn import model as modellib
     from mrcnn.augment import default_augmentation
-    from mrcnn.training import NonFiniteLossError
+    from mrcnn.training import NonFiniteLossError, WallClockLimit
+
+    start = time.monotonic()
+    if getattr(args, "minutes", None) is not None and not args.minutes > 0:
+        raise UserError(f"--minutes must be > 0, got {args.minutes}")
 
     synthetic = args.dataset == "synthetic"
     dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
@@ -67,13 +86,23 @@ def run(args, config):
         augmentation = default_augmentation(AUGMENTATION_TASKS[args.task], seed=config.SEED, square=square)
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
-    for layers, end_epoch, learning_rate in stages:
-        if model.epoch >= end_epoch:
+    minutes = getattr(args, "minutes", None)
+    deadlines = stage_deadlines(stages, minutes, start) if minutes else [None] * len(stages)
+    for (layers, end_epoch, learning_rate), deadline in zip(stages, deadlines):
+        callbacks = []
+        if deadline is not None:
+            if time.monotonic() >= deadline:
+                continue
+            end_epoch = model.epoch + BUDGET_EPOCH_CAP
+            callbacks.append(WallClockLimit(deadline))
+        elif model.epoch >= end_epoch:
             continue
         try:
             model.train(train_set, val_set, learning_rate=learning_rate, epochs=end_epoch, layers=layers,
-                        augmentation=augmentation)
+                        augmentation=augmentation, custom_callbacks=callbacks)
         except NonFiniteLossError as e:
             raise UserError(str(e)) from e
+    if minutes:
+        log.info("Time budget %.1f min: used %.1f min", minutes, (time.monotonic() - start) / 60.0)
     print(f"Training finished at epoch {model.epoch}; run folder {model.log_dir}")
     return 0

@@ -4,6 +4,8 @@ TimeDistributed wrapper, and the box helpers that run inside custom layers.
 Everything named `*_graph` works on tf tensors inside a layer's `call()`; it must never be
 given KerasTensors (Keras 3 rejects tf ops on them).
 """
+import math
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -65,8 +67,18 @@ def time_distributed(layer_cls, name, *args, **kwargs):
 
 # --- Box helpers (tf) ---------------------------------------------------------------------
 
+BOX_SCALE_CLAMP = math.log(1000.0 / 16)
+
+
 def apply_box_deltas_graph(boxes, deltas):
-    """Apply [N, (dy, dx, log(dh), log(dw))] deltas to [N, (y1, x1, y2, x2)] boxes."""
+    """Apply [N, (dy, dx, log(dh), log(dw))] deltas to [N, (y1, x1, y2, x2)] boxes.
+
+    An untrained or early network can predict huge or non-finite deltas: those are zeroed
+    and the log-scales capped at log(1000/16) (as detectron2 does), so a box is never NaN
+    (inf - inf) and never crashes ROI alignment. Trained deltas are far inside the cap.
+    """
+    deltas = tf.where(tf.math.is_finite(deltas), deltas, tf.zeros_like(deltas))
+    deltas = tf.concat([deltas[:, :2], tf.minimum(deltas[:, 2:], BOX_SCALE_CLAMP)], axis=1)
     height = boxes[:, 2] - boxes[:, 0]
     width = boxes[:, 3] - boxes[:, 1]
     center_y = boxes[:, 0] + 0.5 * height

@@ -9,6 +9,7 @@ import math
 import os
 import re
 import sys
+import time
 
 import keras
 import numpy as np
@@ -339,6 +340,23 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 return
 
 
+class WallClockLimit(keras.callbacks.Callback):
+    """Stops training after the first batch that ends past `deadline` (a time.monotonic()
+    value). Keras still ends that (shortened) epoch, so its checkpoint is written: a time
+    budget never loses the work done."""
+
+    def __init__(self, deadline):
+        super().__init__()
+        self.deadline = float(deadline)
+        self.stopped = False
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.stopped and time.monotonic() >= self.deadline:
+            log.info("Time budget used: stopping after batch %d", batch + 1)
+            self.stopped = True
+            self.model.stop_training = True
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After each finished epoch: the weights in the Keras-2 layout at
     checkpoint_path.format(epoch=epoch + 1), written atomically, unless a loss went bad."""
@@ -480,7 +498,8 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
         kept = checkpoint.last_saved or _last_checkpoint_or_none(model)
         raise NonFiniteLossError(f"training stopped: {name} became {value} at {where}; last good checkpoint: "
                                  f"{kept or 'none'} (lower the learning rate or check the data)")
-    model.epoch = max(model.epoch, epochs)
+    # A callback (time budget) may stop before `epochs`: continue from the last epoch run.
+    model.epoch = max(model.epoch, history.epoch[-1] + 1 if history.epoch else model.epoch)
     return history
 
 
