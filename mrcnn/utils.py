@@ -431,19 +431,20 @@ def mold_mask(mask, config):
     raise NotImplementedError("mold_mask is not part of the pipeline; use minimize_mask")
 
 
-def unmold_mask(mask, bbox, image_shape):
+def unmold_mask(mask, bbox, image_shape, out=None):
     """Turn a small float mask from the mask head into a full-size binary mask.
 
     mask: [h, w] float (typically 28x28) of probabilities; bbox: (y1, x1, y2, x2) in
     image pixels, exclusive y2, x2; image_shape: (H, W, ...).
     The mask is resized bilinearly to the box, thresholded at 0.5 (>=) and pasted; a part
     of the box outside the image is cut off.
-    Returns: bool [H, W].
+    out: an all-False bool [H, W] array (or view) to paste into instead of a new one.
+    Returns: bool [H, W] (`out` when given).
     """
     threshold = 0.5
     y1, x1, y2, x2 = (int(v) for v in bbox)
     height, width = image_shape[:2]
-    full_mask = np.zeros((height, width), dtype=bool)
+    full_mask = np.zeros((height, width), dtype=bool) if out is None else out
     if y2 <= y1 or x2 <= x1:
         return full_mask
     mask = resize(mask, (y2 - y1, x2 - x1)) >= threshold
