@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 import lesions  # noqa: E402
 
 WEIGHTS_NAME = "mask_rcnn_segmentation_real.h5"
+FIGURE_NAME = "boundaries.png"
 
 # What fits a 2-core CPU and learns from scratch (measured, see README "Results on real
 # images"): the small resnet18 backbone with BatchNorm training, 256 px images, CPU-sized
@@ -70,6 +71,38 @@ def copy_atomic(src, dst):
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+def boundary_figure(data, pred_dir, per_image, path, count=8):
+    """A grid of validation images with the true (green) and predicted (magenta) lesion
+    boundaries and each image's Jaccard, spread over the Jaccard range (worst to best)."""
+    import cv2
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from isic import layout
+    ranked = sorted(per_image, key=lambda k: per_image[k]["jaccard"])
+    picks = [ranked[round(i * (len(ranked) - 1) / max(1, count - 1))] for i in range(min(count, len(ranked)))]
+    cols = 4
+    rows = (len(picks) + cols - 1) // cols
+    fig = Figure(figsize=(4 * cols, 3.2 * rows))
+    for n, image_id in enumerate(picks):
+        ax = fig.add_subplot(rows, cols, n + 1)
+        image = cv2.imread(str(data / layout.TASK12_INPUT_DIR.format(split="Training") / f"{image_id}.jpg"))[..., ::-1]
+        truth = cv2.imread(str(data / layout.TASK1_GT_DIR.format(split="Training") / layout.segmentation_name(image_id)), 0) > 127
+        pred = cv2.imread(str(pred_dir / layout.segmentation_name(image_id)), 0) > 127
+        ax.imshow(image)
+        for mask, colour in ((truth, "lime"), (pred, "magenta")):
+            if mask.any():
+                ax.contour(mask.astype(float), levels=[0.5], colors=colour, linewidths=1.5)
+        ax.set_title(f"{image_id}  J={per_image[image_id]['jaccard']:.2f}", fontsize=9)
+        ax.axis("off")
+    fig.suptitle("validation: true boundary (green) vs predicted (magenta)")
+    fig.tight_layout()
+    tmp = path.with_name(path.stem + ".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    os.replace(tmp, path)
 
 
 def main(argv=None):
@@ -120,6 +153,7 @@ def main(argv=None):
         summary["validation"] = dict(metrics["isic"]["macro_average"], images=metrics["num_images"],
                                      mask_map=metrics["mask_map"])
         print(f"validation: {json.dumps(summary['validation'])}")
+        boundary_figure(data, metrics_dir / "predictions", metrics["isic"]["per_image"], out / FIGURE_NAME)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"trained {trained_s / 60:.1f} min; weights:")
     print(weights)

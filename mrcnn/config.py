@@ -179,6 +179,9 @@ class Config:
             need(is_int(getattr(self, attr)) and getattr(self, attr) >= 1, attr, "must be an integer >= 1")
         need(len(self.MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MASK_SHAPE), "MASK_SHAPE",
              "must be [height, width] of positive integers")
+        need(list(self.MASK_SHAPE) == [2 * self.MASK_POOL_SIZE] * 2, "MASK_SHAPE",
+             f"the mask head upsamples its MASK_POOL_SIZE={self.MASK_POOL_SIZE} grid 2x, so MASK_SHAPE must be "
+             f"[{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] (e.g. MASK_POOL_SIZE=28 with [56, 56])")
         need(len(self.MINI_MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MINI_MASK_SHAPE),
              "MINI_MASK_SHAPE", "must be (height, width) of positive integers")
         need(float(self.LEARNING_RATE) > 0, "LEARNING_RATE", "must be > 0")

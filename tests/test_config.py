@@ -58,6 +58,7 @@ def test_keyword_overrides_and_unknown_attribute():
     ({"MEAN_PIXEL": [1.0, 2.0]}, "MEAN_PIXEL"),
     ({"MIXED_PRECISION": "float8"}, "MIXED_PRECISION"),
     ({"IMAGE_MIN_DIM": 1088}, "IMAGE_MIN_DIM"),
+    ({"MASK_POOL_SIZE": 28}, "MASK_SHAPE"),
 ])
 def test_invalid_values_name_the_attribute(overrides, attr):
     with pytest.raises(ConfigError) as err:
