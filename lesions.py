@@ -52,7 +52,8 @@ class ISICConfig(Config):
     # Training stages: (layers, epochs up to, learning rate). Epoch counts are cumulative,
     # as in Matterport's train() calls.
     SCHEDULE = [["heads", 10, 0.001], ["all", 30, 0.0001]]
-    # Augmentation for training: "default" (albumentations, isic-tuned) or "none".
+    # Augmentation for training: "default" (albumentations, isic-tuned: flips, rotations,
+    # small affine, colour jitter), "geometric" (the same without colour jitter) or "none".
     AUGMENTATION = "default"
     # Task 1 post-processing (isic.refinement): test-time flips (4 views vote) and the
     # full-resolution refinement of the lesion mask: "none", "fill" or "grabcut".
@@ -65,6 +66,8 @@ class ISICConfig(Config):
         if self.TASK1_MASK_REFINEMENT not in REFINEMENTS:
             raise ConfigError(f"Config.TASK1_MASK_REFINEMENT={self.TASK1_MASK_REFINEMENT!r}: "
                               f"expected one of {REFINEMENTS}")
+        if self.AUGMENTATION not in ("default", "geometric", "none"):
+            raise ConfigError(f"Config.AUGMENTATION={self.AUGMENTATION!r}: expected default, geometric or none")
         if not isinstance(self.TASK1_TTA_FLIPS, bool):
             raise ConfigError(f"Config.TASK1_TTA_FLIPS={self.TASK1_TTA_FLIPS!r}: expected true or false")
 

@@ -81,9 +81,10 @@ def run(args, config):
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
     load_start_weights(model, weights, config)
     augmentation = None
-    if config.AUGMENTATION == "default":
+    if config.AUGMENTATION in ("default", "geometric"):
         square = config.IMAGE_RESIZE_MODE in ("square", "crop")
-        augmentation = default_augmentation(AUGMENTATION_TASKS[args.task], seed=config.SEED, square=square)
+        augmentation = default_augmentation(AUGMENTATION_TASKS[args.task], seed=config.SEED, square=square,
+                                            colour=config.AUGMENTATION == "default")
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
     minutes = getattr(args, "minutes", None)

@@ -35,7 +35,7 @@ class ImgaugNotInstalledError(ImportError):
     """An imgaug augmenter was passed but imgaug cannot be imported."""
 
 
-def default_augmentation(task=None, seed=None, square=True):
+def default_augmentation(task=None, seed=None, square=True, colour=True):
     """albumentations pipeline for dermatoscope images: flips, 90-degree rotations, a small
     affine warp (nearest-neighbour for masks) and brightness/contrast/hue jitter for the
     colour variation between dermatoscopes.
@@ -45,6 +45,7 @@ def default_augmentation(task=None, seed=None, square=True):
     seed: seeds the pipeline's random generators (None: random).
     square: the training images are square (IMAGE_RESIZE_MODE "square" or "crop"); only
         then are 90-degree rotations included, since they swap height and width.
+    colour: include the brightness/contrast/hue jitter (False: geometric transforms only).
     """
     if task not in TASKS:
         raise ValueError(f"default_augmentation: task={task!r} must be one of {TASKS}")
@@ -56,9 +57,12 @@ def default_augmentation(task=None, seed=None, square=True):
         A.Affine(scale=scale, translate_percent=(-0.05, 0.05), rotate=(-15, 15),
                  interpolation=cv2.INTER_LINEAR, mask_interpolation=cv2.INTER_NEAREST,
                  border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=0, p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
     ]
+    if colour:
+        transforms += [
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
+            A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=15, val_shift_limit=10, p=0.5),
+        ]
     return A.Compose(transforms, mask_interpolation=cv2.INTER_NEAREST, seed=seed)
 
 

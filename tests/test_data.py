@@ -321,3 +321,22 @@ def test_imgaug_augmenter_without_imgaug_raises_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "imgaug", None)  # makes `import imgaug` fail
     with pytest.raises(ImgaugNotInstalledError, match="pip install --no-deps imgaug"):
         apply_augmentation(fake_imgaug_pipeline(), np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 1), bool))
+
+
+def test_geometric_augmentation_never_changes_colours():
+    """colour=False keeps pixel values: every output pixel is an input pixel value or the fill."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[..., 0], image[..., 1], image[..., 2] = 200, 120, 90
+    image[20:40, 20:40] = (90, 50, 30)
+    masks = blobs()
+    geometric = default_augmentation("task1", square=True, colour=False)
+    coloured = default_augmentation("task1", square=True, colour=True)
+    allowed = {(200, 120, 90), (90, 50, 30), (0, 0, 0)}
+    changed = 0
+    for seed in range(10):
+        out, _ = apply_augmentation(geometric, image, masks, seed=seed)
+        corners = {tuple(int(v) for v in out[y, x]) for y, x in ((0, 0), (63, 63), (30, 30), (5, 58))}
+        assert corners <= allowed
+        out_c, _ = apply_augmentation(coloured, image, masks, seed=seed)
+        changed += not ({tuple(int(v) for v in out_c[y, x]) for y, x in ((0, 0), (30, 30))} <= allowed)
+    assert changed >= 3  # the default pipeline does jitter colours

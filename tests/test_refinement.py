@@ -96,9 +96,12 @@ def test_task1_mask_applies_the_config_choice():
     assert model.calls == 0
 
 
-def test_config_rejects_unknown_refinement():
+def test_config_rejects_unknown_task1_options():
     import lesions
     with pytest.raises(ConfigError, match="TASK1_MASK_REFINEMENT"):
         lesions.make_config("segmentation", overrides=[("TASK1_MASK_REFINEMENT", "crf")])
     with pytest.raises(ConfigError, match="TASK1_TTA_FLIPS"):
         lesions.make_config("segmentation", overrides=[("TASK1_TTA_FLIPS", "yes")])
+    with pytest.raises(ConfigError, match="AUGMENTATION"):
+        lesions.make_config("segmentation", overrides=[("AUGMENTATION", "colour")])
+    assert lesions.make_config("segmentation", overrides=[("AUGMENTATION", "geometric")]).AUGMENTATION == "geometric"
