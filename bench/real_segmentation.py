@@ -30,7 +30,9 @@ FIGURE_NAME = "boundaries.png"
 
 # What fits a 2-core CPU and learns from scratch (measured, see README "Results on real
 # images"): the small resnet18 backbone with BatchNorm training, 256 px images, CPU-sized
-# RPN/ROI counts, and a learning-rate drop for the last fifth of the budget.
+# RPN/ROI counts, a learning-rate drop for the last fifth of the budget, geometric
+# augmentation only, and GrabCut refinement of the lesion mask at full resolution (an
+# inference setting, saved in config.json so investigate/predict apply it).
 CPU_RECIPE = {
     "BACKBONE": "resnet18",
     "TRAIN_BN": True,
@@ -48,6 +50,8 @@ CPU_RECIPE = {
     "STEPS_PER_EPOCH": 50,
     "VALIDATION_STEPS": 5,
     "SCHEDULE": [["all", 8, 0.01], ["all", 10, 0.001]],
+    "AUGMENTATION": "geometric",
+    "TASK1_MASK_REFINEMENT": "grabcut",
 }
 
 

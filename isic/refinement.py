@@ -59,11 +59,13 @@ def largest_component_filled(mask):
     return ndi.binary_fill_holes(mask)
 
 
-def grabcut_refine(image, mask, band=0.15, iterations=5):
+def grabcut_refine(image, mask, band=0.15, iterations=5, max_side=None):
     """Snap a lesion mask's boundary to the image with GrabCut, seeded by the mask.
 
     band: width of the uncertain zone on each side of the boundary, as a fraction of the
-    mask's equivalent diameter (at least 3 px). Returns the refined [H, W] bool mask, or
+    mask's equivalent diameter (at least 3 px). max_side: run GrabCut on the crop scaled
+    down to this longer side (its cost grows with the pixel count) and scale the result
+    back up smoothly; None keeps full resolution. Returns the refined [H, W] bool mask, or
     the input when GrabCut has nothing to work with (empty or tiny mask).
     """
     mask = np.asarray(mask, bool)
@@ -91,14 +93,23 @@ def grabcut_refine(image, mask, band=0.15, iterations=5):
     if not (seeds == cv2.GC_BGD).any():  # the lesion fills the image: no sure skin to learn from
         return largest_component_filled(mask)
     crop = np.ascontiguousarray(image[y1:y2, x1:x2, ::-1], dtype=np.uint8)  # RGB -> BGR
+    crop_h, crop_w = seeds.shape
+    scale = 1.0 if not max_side else min(1.0, max_side / max(crop_h, crop_w))
+    if scale < 1.0:
+        size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
+        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
+        seeds = cv2.resize(seeds, size, interpolation=cv2.INTER_NEAREST)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
     try:
         cv2.grabCut(crop, seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error as e:  # degenerate colour models; keep the network's mask
         log.debug("GrabCut failed (%s); keeping the mask", e)
         return largest_component_filled(mask)
+    lesion = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.float32)
+    if scale < 1.0:
+        lesion = cv2.resize(lesion, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
     refined = np.zeros_like(mask)
-    refined[y1:y2, x1:x2] = (seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)
+    refined[y1:y2, x1:x2] = lesion >= 0.5
     return largest_component_filled(refined)
 
 
