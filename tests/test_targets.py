@@ -13,6 +13,7 @@ def make_config(**overrides):
                   IMAGES_PER_GPU=2, RPN_TRAIN_ANCHORS_PER_IMAGE=8, TRAIN_ROIS_PER_IMAGE=8,
                   ROI_POSITIVE_RATIO=0.25, MAX_GT_INSTANCES=3, MASK_SHAPE=[8, 8], USE_MINI_MASK=False)
     values.update(overrides)
+    values["MASK_POOL_SIZE"] = values["MASK_SHAPE"][0] // 2  # the mask head's 2x upsampling
     return Config(**values)
 
 
