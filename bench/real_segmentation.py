@@ -29,30 +29,18 @@ WEIGHTS_NAME = "mask_rcnn_segmentation_real.h5"
 FIGURE_NAME = "boundaries.png"
 
 # What fits a 2-core CPU and learns from scratch (measured, see README "Results on real
-# images"): the small resnet18 backbone with BatchNorm training, 256 px images, CPU-sized
-# RPN/ROI counts, a learning-rate drop for the last fifth of the budget, geometric
-# augmentation only, and GrabCut refinement of the lesion mask at full resolution (an
-# inference setting, saved in config.json so investigate/predict apply it).
-CPU_RECIPE = {
-    "BACKBONE": "resnet18",
-    "TRAIN_BN": True,
-    "IMAGES_PER_GPU": 2,
-    "IMAGE_MIN_DIM": 256,
-    "IMAGE_MAX_DIM": 256,
-    "RPN_ANCHOR_SCALES": [16, 32, 64, 128, 256],
-    "TOP_DOWN_PYRAMID_SIZE": 128,
-    "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
-    "PRE_NMS_LIMIT": 1000,
-    "POST_NMS_ROIS_TRAINING": 300,
-    "POST_NMS_ROIS_INFERENCE": 100,
-    "RPN_TRAIN_ANCHORS_PER_IMAGE": 128,
-    "TRAIN_ROIS_PER_IMAGE": 32,
-    "STEPS_PER_EPOCH": 50,
-    "VALIDATION_STEPS": 5,
-    "SCHEDULE": [["all", 8, 0.01], ["all", 10, 0.001]],
-    "AUGMENTATION": "geometric",
-    "TASK1_MASK_REFINEMENT": "grabcut",
-}
+# images"): the synthetic CPU config (resnet18 with BatchNorm training, 256 px images,
+# CPU-sized RPN/ROI counts), fewer validation steps, a learning-rate drop for the last
+# fifth of the budget, geometric augmentation only, and GrabCut refinement of the lesion
+# mask at full resolution (an inference setting, saved in config.json so investigate and
+# predict apply it).
+CPU_RECIPE = dict(
+    lesions.SYNTHETIC_CPU_OVERRIDES,
+    VALIDATION_STEPS=5,
+    SCHEDULE=[["all", 8, 0.01], ["all", 10, 0.001]],
+    AUGMENTATION="geometric",
+    TASK1_MASK_REFINEMENT="grabcut",
+)
 
 
 def train_command(data, minutes, logs, seed, recipe):
