@@ -35,6 +35,11 @@ log = logging.getLogger("lesions")
 #  Configurations
 ############################################################
 
+# Values of Config.TASK1_MASK_REFINEMENT (implemented in isic.refinement.task1_mask; named
+# here so that validating a Config does not import OpenCV and SciPy).
+TASK1_REFINEMENTS = ("none", "fill", "grabcut")
+
+
 class ISICConfig(Config):
     """Real-data defaults shared by the three tasks (GPU-sized: ResNet-101, COCO start,
     heads first, then all layers)."""
@@ -62,10 +67,9 @@ class ISICConfig(Config):
 
     def validate(self):
         super().validate()
-        from isic.refinement import REFINEMENTS
-        if self.TASK1_MASK_REFINEMENT not in REFINEMENTS:
+        if self.TASK1_MASK_REFINEMENT not in TASK1_REFINEMENTS:
             raise ConfigError(f"Config.TASK1_MASK_REFINEMENT={self.TASK1_MASK_REFINEMENT!r}: "
-                              f"expected one of {REFINEMENTS}")
+                              f"expected one of {TASK1_REFINEMENTS}")
         if self.AUGMENTATION not in ("default", "geometric", "none"):
             raise ConfigError(f"Config.AUGMENTATION={self.AUGMENTATION!r}: expected default, geometric or none")
         if not isinstance(self.TASK1_TTA_FLIPS, bool):

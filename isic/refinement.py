@@ -21,7 +21,6 @@ from isic import outputs
 
 log = logging.getLogger(__name__)
 
-REFINEMENTS = ("none", "fill", "grabcut")
 FLIPS = ((False, False), (True, False), (False, True), (True, True))  # (horizontal, vertical)
 
 
