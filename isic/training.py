@@ -68,8 +68,9 @@ def run(args, config):
     from mrcnn.training import NonFiniteLossError, WallClockLimit
 
     start = time.monotonic()
-    if getattr(args, "minutes", None) is not None and not args.minutes > 0:
-        raise UserError(f"--minutes must be > 0, got {args.minutes}")
+    minutes = getattr(args, "minutes", None)
+    if minutes is not None and not minutes > 0:
+        raise UserError(f"--minutes must be > 0, got {minutes}")
 
     synthetic = args.dataset == "synthetic"
     dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
@@ -87,7 +88,6 @@ def run(args, config):
                                             colour=config.AUGMENTATION == "default")
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
-    minutes = getattr(args, "minutes", None)
     deadlines = stage_deadlines(stages, minutes, start) if minutes else [None] * len(stages)
     for (layers, end_epoch, learning_rate), deadline in zip(stages, deadlines):
         callbacks = []

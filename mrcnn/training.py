@@ -348,12 +348,10 @@ class WallClockLimit(keras.callbacks.Callback):
     def __init__(self, deadline):
         super().__init__()
         self.deadline = float(deadline)
-        self.stopped = False
 
     def on_train_batch_end(self, batch, logs=None):
-        if not self.stopped and time.monotonic() >= self.deadline:
+        if time.monotonic() >= self.deadline:
             log.info("Time budget used: stopping after batch %d", batch + 1)
-            self.stopped = True
             self.model.stop_training = True
 
 
