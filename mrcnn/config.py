@@ -116,6 +116,11 @@ class Config:
     # most any image of the batch has) instead of on all DETECTION_MAX_INSTANCES slots.
     # Same results; False runs keras_model's plain graph (the mask head on every slot).
     DETECT_MASKS_ON_SURVIVORS = True
+    # Training and validation feeds store each image and its masks, decoded and resized for
+    # the IMAGE_* values above, in an on-disk cache read by later epochs and runs
+    # (mrcnn.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
+    # ~/.cache/isic-mrcnn/images). Never used with IMAGE_RESIZE_MODE "crop". False: decode every time.
+    IMAGE_CACHE = True
 
     def __init__(self, **overrides):
         for key, value in overrides.items():
@@ -192,6 +197,7 @@ class Config:
              f"must have exactly the keys {', '.join(LOSS_NAMES)}")
         need(isinstance(self.DETECT_MASKS_ON_SURVIVORS, (bool, np.bool_)), "DETECT_MASKS_ON_SURVIVORS",
              "must be True or False")
+        need(isinstance(self.IMAGE_CACHE, (bool, np.bool_)), "IMAGE_CACHE", "must be True or False")
         need(self.MIXED_PRECISION in MIXED_PRECISION_POLICIES, "MIXED_PRECISION",
              "must be None, 'mixed_float16' or 'mixed_bfloat16'")
 
