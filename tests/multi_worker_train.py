@@ -11,7 +11,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
-keras.config.disable_traceback_filtering()
 import numpy as np  # noqa: E402
 
 import lesions  # noqa: E402
