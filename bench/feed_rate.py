@@ -4,7 +4,8 @@ to the rate from 512x512 sources (issue 12's goal: cached full-size >= 0.8 x 512
 The feed is the one training uses: mrcnn.training.TrainingFeed (load_image_gt with the
 Task 1 augmentation, RPN targets, molding) for lesions.SegmentationConfig (512x512, 2 images
 per batch), drained through Keras' PyDataset adapter with `threads` worker threads. Each
-row is one epoch over the generated images: "off" with IMAGE_CACHE False; "first pass" with
+row is one epoch over the generated images: "off, skimage resize (before)" as the feed was
+before the cache (full-resolution skimage resize); "off" with IMAGE_CACHE False; "first pass" with
 an empty cache (decodes and writes every entry); "cached" the next epoch (reads them). The
 image cache lives in a temporary folder, so a run never reads entries of an earlier one.
 The bare ResNet-50 training step (bench/speed.py) of the same process is printed beside.
@@ -61,6 +62,33 @@ def image_cache_folder(path):
             os.environ[image_cache.CACHE_ENV_VAR] = previous
 
 
+def skimage_resize(dataset, config, image_id):
+    """The feed's resize before issue 12 (utils.resize_image/resize_mask at full resolution:
+    skimage bilinear in float64, nearest-neighbour masks), for the "before" row."""
+    from mrcnn import data, image_cache, utils
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    mask, class_ids = data._check_annotations(image, mask, class_ids, dataset, image_id)
+    original_shape = image.shape
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
+    return image_cache.ResizedItem(image, mask, class_ids, original_shape, window, scale, padding, crop)
+
+
+@contextlib.contextmanager
+def feed_resize(build):
+    """Use `build` (or the current resize when None) as load_image_gt's decode-and-resize step."""
+    from mrcnn import data
+    current = data.resize_for_training
+    data.resize_for_training = build or current
+    try:
+        yield
+    finally:
+        data.resize_for_training = current
+
+
 def epoch_rate(dataset, config, threads, augment, epoch=0):
     """Images per second of one epoch of the training feed over `dataset`."""
     from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
@@ -81,8 +109,9 @@ def epoch_rate(dataset, config, threads, augment, epoch=0):
     return count / seconds
 
 
-def feed_rates(work_dir=None, count=12, threads=2, augment=True, backbone_step=True, seed=0):
-    """Rows {sources, cache, images_per_s, ms_per_image} for full-size and 512x512 sources, plus
+def feed_rates(work_dir=None, count=12, threads=2, augment=True, backbone_step=True, seed=0, before=True):
+    """Rows {sources, cache, images_per_s, ms_per_image} for full-size and 512x512 sources (with
+    `before`, also full-size through the resize the feed used before the cache), plus
     {"ratio": cached full-size / uncached 512x512, "goal": 0.8, "bare_resnet50_step_s": ...}."""
     import lesions
     from isic import synthetic
@@ -96,14 +125,17 @@ def feed_rates(work_dir=None, count=12, threads=2, augment=True, backbone_step=T
         dataset.load_isic(root, subset="all")
         dataset.prepare()
         label = f"{size[0]}x{size[1]}"
-        plan = [("off", False, 0), ("first pass", True, 0), ("cached", True, 1)]
+        plan = [("off", False, 0, None), ("first pass", True, 0, None), ("cached", True, 1, None)]
+        if size == FULL_SIZE and before:
+            plan.insert(0, ("off, skimage resize (before)", False, 0, skimage_resize))
         cache_root = tempfile.mkdtemp(prefix="feed-bench-cache-", dir=work_dir)
         try:
             with image_cache_folder(cache_root):
-                for name, cache_on, epoch in plan:
+                for name, cache_on, epoch, build in plan:
                     config = lesions.SegmentationConfig(IMAGE_CACHE=cache_on)
                     print(f"feed: {label} {name} ...", file=sys.stderr, flush=True)
-                    rate = epoch_rate(dataset, config, threads, augment, epoch)
+                    with feed_resize(build):
+                        rate = epoch_rate(dataset, config, threads, augment, epoch)
                     rows.append({"sources": label, "cache": name, "images": dataset.num_images,
                                  "images_per_s": round(rate, 2), "ms_per_image": round(1000 / rate, 1)})
         finally:
@@ -145,9 +177,10 @@ def main(argv=None):
     parser.add_argument("--work", help="folder for the generated sources")
     parser.add_argument("--no-augmentation", action="store_true", help="feed without the Task 1 augmentation")
     parser.add_argument("--no-backbone-step", action="store_true", help="skip the bare ResNet-50 step timing")
+    parser.add_argument("--no-before", action="store_true", help="skip the row with the earlier skimage resize")
     args = parser.parse_args(argv)
     summary = feed_rates(args.work, args.count, args.threads, not args.no_augmentation,
-                         not args.no_backbone_step)
+                         not args.no_backbone_step, before=not args.no_before)
     print(markdown(summary))
     return 0
 
