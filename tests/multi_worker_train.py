@@ -1,5 +1,5 @@
 """One worker of a two-process MultiWorkerMirroredStrategy run (TF_CONFIG set by the caller):
-trains the synthetic segmentation config (64 px) for 1 epoch of a few steps through
+trains the synthetic segmentation config (64 px) for 1 epoch of 2 steps through
 MaskRCNN.train, then writes its final weights and a summary outside the run folder.
 Each worker seeds Keras with its own index, so identical final weights mean the strategy
 synchronised them. Usage: multi_worker_train.py DATASET LOGS OUT.npz. Used by tests/test_training.py."""
@@ -21,7 +21,7 @@ from mrcnn.model import MaskRCNN  # noqa: E402
 SETTINGS = {"IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64, "IMAGES_PER_GPU": 1, "RPN_ANCHOR_SCALES": (8, 16, 32, 64, 128),
             "RPN_TRAIN_ANCHORS_PER_IMAGE": 32, "PRE_NMS_LIMIT": 500, "POST_NMS_ROIS_TRAINING": 100,
             "TRAIN_ROIS_PER_IMAGE": 16, "MAX_GT_INSTANCES": 4, "MINI_MASK_SHAPE": (14, 14),
-            "FPN_CLASSIF_FC_LAYERS_SIZE": 64, "TOP_DOWN_PYRAMID_SIZE": 64, "STEPS_PER_EPOCH": 3,
+            "FPN_CLASSIF_FC_LAYERS_SIZE": 64, "TOP_DOWN_PYRAMID_SIZE": 64, "STEPS_PER_EPOCH": 2,
             "VALIDATION_STEPS": 1, "AUGMENTATION": "none", "IMAGE_CACHE": False}
 
 
