@@ -17,8 +17,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
+from mrcnn import image_cache, weights_io
 from mrcnn import losses as L
-from mrcnn import weights_io
 from mrcnn.config import LOSS_NAMES
 from mrcnn.data import MaskRCNNSequence
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
@@ -590,6 +590,10 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     log.info("Training data: %d images without instances served, %d skipped, %d failed to load, %d truncated",
              stats["empty_served"], stats["empty_skipped"], stats["failed"], stats["truncated"])
     model.train_stats = stats
+    cache = image_cache.STATS
+    log.info("Image cache (%s), this process so far: %d entries read, %d written, %d rebuilt, %d images not cacheable",
+             image_cache.cache_dir() if config.IMAGE_CACHE else "off", cache["hits"], cache["writes"],
+             cache["rebuilt"], cache["uncached"])
     if guard.failure is not None:
         epoch, batch, name, value = guard.failure
         where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")
