@@ -15,13 +15,12 @@ import logging
 import os
 import pathlib
 import sys
-import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from isic import layout  # noqa: E402
+from isic import layout, preflight  # noqa: E402
 from isic.errors import UserError  # noqa: E402
 from mrcnn import layer_sets  # noqa: E402
 from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
@@ -229,7 +228,7 @@ def main(argv=None):
         print("lesions.py: interrupted", file=sys.stderr)
         return 130
     except expected_errors() as e:
-        message = weights_mismatch_message(e, args) or str(e).strip()
+        message = preflight.weights_mismatch_message(e, args) or str(e).strip()
         message = message.splitlines()[0] if message else type(e).__name__
         print(f"lesions.py: error: {message}", file=sys.stderr)
         return 2
@@ -252,94 +251,8 @@ def expected_errors():
     return tuple(types)
 
 
-def weights_mismatch_message(error, args):
-    """For weights that do not fit the model, what to do on the command line (the error's own
-    advice, exclude= and skip_mismatch=, is for the Python API); None for other errors."""
-    weights_io = sys.modules.get("mrcnn.weights_io")
-    if weights_io is None or not isinstance(error, weights_io.WeightsMismatchError) or error.layer is None:
-        return None
-    if error.weight:
-        what = (f"layer {error.layer} weight {error.weight} is {list(error.model_shape)} in the model, "
-                f"{list(error.file_shape)} in the file")
-    else:
-        what = f"layer {error.layer} has another number of weights in the file"
-    path = pathlib.Path(args.weights or "").expanduser()
-    if not path.is_file():
-        return f"the {args.weights or 'default'} weights do not fit the {args.task} model: {what}"
-    saved = path.parent / "config.json"
-    if args.mode == "train":
-        return (f"{path} does not fit the {args.task} model built from the task's settings and --set values: {what}; "
-                f"start from a checkpoint of this task, or pass the settings it was trained with "
-                f"(see its run's config.json) as --set KEY=VALUE")
-    if saved.is_file():
-        return (f"{path} does not fit the model built from {saved} and the --set values: {what}; "
-                f"drop the --set values that change the network, or check --task")
-    return (f"{path} does not fit the {args.task} model built from the task's defaults: {what}; there is no "
-            f"config.json beside the weights (the run's settings: the training run folder holds one): copy it "
-            f"next to the weights, or pass the settings the weights were trained with as --set KEY=VALUE "
-            f"(e.g. --set BACKBONE=resnet50 --set IMAGE_MAX_DIM=1024), or check --task")
-
-
-############################################################
-#  Checks before any model work
-############################################################
-
-def check_args(args):
-    """Refuse bad option values in one line before anything is loaded, built or written."""
-    for option, value in (("--limit", args.limit), ("--epochs", args.epochs),
-                          ("--steps-per-epoch", args.steps_per_epoch)):
-        if value is not None and value < 1:
-            raise UserError(f"{option} must be a positive integer, got {value}")
-    if args.seed is not None and not 0 <= args.seed < 2 ** 32:
-        raise UserError(f"--seed must be an integer in [0, 2**32 - 1], got {args.seed}")
-    if args.layers is not None:
-        try:
-            layer_sets.layer_regex(args.layers)
-        except layer_sets.LayerSelectionError as e:
-            raise UserError(f"--{e}") from e
-    if args.mode == "train":
-        check_writable_folder(args.logs, "--logs")
-    elif args.output:
-        check_writable_folder(args.output, "--output")
-    check_weights_path(args)
-
-
-def check_writable_folder(path, option):
-    """`path` is a folder, or can be made one, that this user can write in. Creates nothing:
-    the folder is made only when there is something to put in it."""
-    folder = pathlib.Path(path).expanduser()
-    existing = folder
-    while not os.path.lexists(existing) and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        what = "a file" if existing.exists() else "a broken link"
-        raise UserError(f"{option} {path}: {existing} is {what}, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as e:
-        raise UserError(f"{option} {path}: cannot write in {existing} ({e.strerror or e})") from e
-
-
-def check_weights_path(args):
-    """A weights file given by path opens as HDF5, and the config.json beside it (read by
-    investigate and predict to rebuild the network) is valid: one line naming the file, before
-    TensorFlow is imported and the model is built."""
-    if args.weights is None or args.weights in ("coco", "imagenet", "last", "none"):
-        return
-    path = pathlib.Path(args.weights).expanduser()
-    if not path.is_file():
-        return  # resolving --weights names a missing path
-    from mrcnn.weights_file import open_weights_file
-    with open_weights_file(path):
-        pass
-    saved = path.parent / "config.json"
-    if args.mode != "train" and saved.is_file():
-        TASK_CONFIGS[args.task].load(saved)
-
-
 def run(args):
-    check_args(args)
+    preflight.check_args(args, TASK_CONFIGS[args.task])
     synthetic = args.dataset == "synthetic"
     overrides = [parse_override(o) for o in args.overrides]
     if args.seed is not None:
