@@ -144,11 +144,11 @@ def test_bad_setting_in_predict_is_one_line(tmp_path, image):
 
 
 def test_python_literals_are_accepted_as_settings(tmp_path):
-    """--set TRAIN_BN=True (Python spelling) is a boolean, not the string 'True'; the run then
-    fails on the next check, the missing dataset, and not on the setting."""
-    result = run_cli("--mode", "train", "--dataset", tmp_path / "nowhere", "--set", "TRAIN_BN=True",
-                     "--set", "MINI_MASK_SHAPE=(28, 28)")
-    assert_error(result, "not found")
+    """--set TRAIN_BN=True (Python spelling) is a boolean, not the string 'True', and (28, 28) a
+    tuple: the run fails on MIXED_PRECISION, which Config checks after both."""
+    result = run_cli("--mode", "train", "--dataset", "synthetic", "--logs", tmp_path / "logs",
+                     "--set", "TRAIN_BN=True", "--set", "MINI_MASK_SHAPE=(28, 28)", "--set", "MIXED_PRECISION=float8")
+    assert_error(result, "Config.MIXED_PRECISION='float8'")
 
 
 # --- Options ---
@@ -185,11 +185,14 @@ def test_logs_that_is_a_file(tmp_path):
     assert file.read_text() == "notes\n"
 
 
-def test_output_below_a_file(tmp_path, image):
+@pytest.mark.parametrize("below", [False, True], ids=["the_file", "below_the_file"])
+def test_output_that_is_a_file(tmp_path, image, below):
     file = tmp_path / "report.txt"
     file.write_text("notes\n")
-    result = run_cli("--mode", "predict", "--image", image, "--weights", "none", "--output", file / "out")
-    assert_error(result, "--output", str(file), "is a file, not a folder")
+    result = run_cli("--mode", "predict", "--image", image, "--weights", "none",
+                     "--output", file / "out" if below else file)
+    assert_error(result, "--output", f"{file} is a file, not a folder")
+    assert file.read_text() == "notes\n"
 
 
 def test_logs_on_a_read_only_folder(read_only_dir):
