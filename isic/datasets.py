@@ -7,7 +7,6 @@ binary PNGs) are decoded fully and checked through their histogram.
 """
 import collections
 import concurrent.futures
-import csv
 import os
 import logging
 import pathlib

@@ -12,6 +12,7 @@ same thing everywhere:
   limit raise `ImageReadError`: a bad item that callers name and skip.
 """
 import logging
+import re
 import threading
 
 import numpy as np
@@ -46,9 +47,11 @@ def _open(path):
     try:
         return Image.open(path)
     except Image.DecompressionBombError as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "more pixels than that"
         raise ImageReadError("image too large",
-                             f"{path} is too large to read ({e}); the limit is "
-                             f"{MAX_PIXELS:,} pixels") from None
+                             f"{path} is too large to read: {size}, over the limit of {MAX_PIXELS:,} "
+                             f"(Pillow's decompression-bomb guard)") from None
     except UnidentifiedImageError:
         raise ImageReadError("not an image", f"{path} is not an image file PIL can read") from None
     except _DECODE_ERRORS as e:
