@@ -61,7 +61,8 @@ def cli_probe(*args):
     env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
     result = subprocess.run([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
-    return result, json.loads(result.stdout.strip().splitlines()[-1])
+    last = (result.stdout.strip().splitlines() or ["{}"])[-1]
+    return result, json.loads(last) if last.startswith("{") else {}  # {} after a crash: see stderr
 
 
 # --------------------------------------------------------------------------- fatal errors, before the model
