@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from isic import layout
-from tests.test_cli_errors import ROOT, TINY, assert_one_line_error, files_under
+from isic.synthetic import generate_dataset
+from tests.test_cli_errors import ROOT, TINY, assert_one_line_error, files_under, run_cli
 from tests.test_inputs import oversize_png, sixteen_bit_png
 
 
@@ -120,6 +121,19 @@ def test_inputs_sharing_an_output_stem_are_refused_before_the_first_image(checkp
                               "--output", out)
     line = assert_one_line_error(result, "ISIC_0000001.jpg", "ISIC_0000001.png", "ISIC_0000001_v2.jpg")
     assert "ISIC_0000002" not in line and not probe["model"] and not out.exists()
+
+
+def test_latin1_task3_csv_is_one_line_naming_file_and_line(tmp_path):
+    """Issue 16 Build 4: a ground-truth CSV saved as Latin-1 names the file and the line."""
+    root = tmp_path / "data"
+    generate_dataset(root, count=2, task3_count=3, image_size=(64, 64), seed=5, progress=False)
+    path = root / layout.TASK3_GT_DIR.format(split="Training") / layout.TASK3_GT_CSV.format(split="Training")
+    lines = path.read_text().splitlines()
+    lines.insert(2, "ISIC_0000099_caf\xe9," + ",".join(["1.0"] + ["0.0"] * 6))
+    path.write_bytes(("\n".join(lines) + "\n").encode("latin-1"))
+    result = run_cli("--mode", "train", "--task", "classification", "--dataset", root, "--logs", tmp_path / "logs")
+    assert_one_line_error(result, str(path), "line 3", "not UTF-8")
+    assert not (tmp_path / "logs").exists()
 
 
 # --------------------------------------------------------------------------- bad items in a folder

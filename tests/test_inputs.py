@@ -176,3 +176,21 @@ def test_conflicting_task3_duplicates_are_named(tiny_data, tmp_path, caplog):
     assert layout.DIAGNOSES[hot] in messages[0] and layout.DIAGNOSES[other] in messages[0]
     kept = next(info for info in dataset.image_info if info["id"] == first[0])
     assert kept["diagnosis"] == layout.DIAGNOSES[hot]  # the first row is kept, as the warning says
+
+
+def test_prediction_and_truth_csvs_for_scoring_accept_a_bom_and_name_a_bad_line(tmp_path):
+    """Issue 13 item 8 / issue 16 Build 4: the scoring readers (isic/submission.py) too."""
+    from isic import submission
+    rows = ["image," + ",".join(layout.DIAGNOSES), "ISIC_0000001," + ",".join(["1.0"] + ["0.0"] * 6),
+            "ISIC_0000002," + ",".join(["0.0", "1.0"] + ["0.0"] * 5)]
+    path = tmp_path / "pred.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + "\n").encode())
+    assert list(submission.read_task3_csv(path).index) == ["ISIC_0000001", "ISIC_0000002"]
+    truth, _ = submission.read_task3_truth_csv(path)
+    assert list(truth.index) == ["ISIC_0000001", "ISIC_0000002"]
+    path.write_bytes(("\n".join(rows + ["ISIC_0000003_caf\xe9," + ",".join(["1.0"] + ["0.0"] * 6)])
+                      + "\n").encode("latin-1"))
+    for reader in (submission.read_task3_csv, submission.read_task3_truth_csv):
+        with pytest.raises(submission.SubmissionError) as error:
+            reader(path)
+        assert f"{path} line 4" in str(error.value) and "not UTF-8" in str(error.value)
