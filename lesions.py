@@ -203,6 +203,11 @@ def build_parser():
     parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it)")
     parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
                                          "folder of the weights)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="predict: redo images whose outputs are already in --output (by default "
+                             "they are kept, so an interrupted run continues)")
+    parser.add_argument("--full-size-overlays", action="store_true",
+                        help="predict: draw overlays at the image's size (default: long side at most 1024 px)")
     parser.add_argument("--epochs", type=int, help="train: total epochs (overrides the schedule's end)")
     parser.add_argument("--minutes", type=float,
                         help="train: wall-time budget; the schedule's stages get their share of it "
