@@ -164,6 +164,15 @@ def denormalize_tf(boxes, shape):
     return tf.cast(tf.round(boxes * _extent_tf(shape) + tf.constant(_CORNER_SHIFT)), tf.int32)
 
 
+def to_frame_tf(boxes, frames):
+    """Express boxes [N, 4] in the frame of `frames` [N, 4]: frame (y1, x1) -> (0, 0) and
+    frame (y2, x2) -> (1, 1) (how a ROI lands on its GT box's mini-mask)."""
+    import tensorflow as tf
+    origin = tf.tile(frames[:, :2], [1, 2])
+    extent = tf.tile(frames[:, 2:4] - frames[:, :2], [1, 2])
+    return (boxes - origin) / extent
+
+
 def iou_tf(boxes1, boxes2):
     """IoU matrix [N1, N2] of float boxes1 [N1, 4] and boxes2 [N2, 4] (0 where the union is 0)."""
     import tensorflow as tf

@@ -258,8 +258,8 @@ def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
 def resize_masks_cv2(masks, height, width):
     """Resize bool instance masks [H, W, N] to [height, width, N] with OpenCV.
 
-    Shrinking averages pixel areas (INTER_AREA: anti-aliased, no dropped thin parts),
-    enlarging interpolates bilinearly; a pixel is inside where the result is >= 0.5.
+    Shrinking averages pixel areas (INTER_AREA: anti-aliased, a pixel is inside when at
+    least half its area was), enlarging interpolates bilinearly; inside means >= 0.5.
     Used for training masks only, where no reference numbers are at stake; it is several
     times faster than scipy/skimage and sample-centred like the image resize.
     """
