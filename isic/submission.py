@@ -11,13 +11,13 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 
 import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from isic import layout
+from mrcnn import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -50,24 +50,9 @@ def submission_stem(image_id):
 # --------------------------------------------------------------------------- writers
 
 def atomic_write(path, write_fn, binary=True):
-    """Run write_fn(file) on a temp file beside `path`, then move it into place."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        text_args = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, "wb" if binary else "w", **text_args) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    """Run write_fn(file) on a temp file beside `path`, then move it into place
+    (`mrcnn.atomic.atomic_write`)."""
+    return atomic.atomic_write(path, write_fn, binary=binary)
 
 
 def mask_to_uint8(mask):
