@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from isic import layout
+from isic import csvfiles, layout
+from isic.errors import OutputWriteError
 from mrcnn import atomic
 
 logger = logging.getLogger(__name__)
@@ -51,8 +52,20 @@ def submission_stem(image_id):
 
 def atomic_write(path, write_fn, binary=True):
     """Run write_fn(file) on a temp file beside `path`, then move it into place
-    (`mrcnn.atomic.atomic_write`)."""
-    return atomic.atomic_write(path, write_fn, binary=binary)
+    (`mrcnn.atomic.atomic_write`).
+
+    An OSError on the way (disk full, no permission, a file where a folder should be)
+    becomes one OutputWriteError naming `path`; the temp file is removed, so `path` is
+    either its old self or the complete new file.
+    """
+    path = pathlib.Path(path)
+    try:
+        return atomic.atomic_write(path, write_fn, binary=binary)
+    except OSError as e:
+        if isinstance(e, OutputWriteError):
+            raise
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OutputWriteError(f"cannot write {path}: {reason}") from e
 
 
 def mask_to_uint8(mask):
@@ -234,6 +247,8 @@ def read_task3_truth_csv(path_or_stream):
     weight 0, as in the official scorer.
     """
     try:
+        if isinstance(path_or_stream, (str, os.PathLike)):
+            path_or_stream = io.StringIO(csvfiles.read_text(path_or_stream, SubmissionError))
         table = pd.read_csv(path_or_stream, header=0)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise SubmissionError(f"cannot read Task 3 ground-truth CSV: {e}") from None
@@ -258,9 +273,7 @@ def read_task3_csv(path_or_stream, categories=layout.DIAGNOSES):
     """
     if isinstance(path_or_stream, (str, os.PathLike)):
         try:
-            text = pathlib.Path(path_or_stream).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SubmissionError("Task 3 CSV is not UTF-8 text") from None
+            text = csvfiles.read_text(path_or_stream, SubmissionError)
         except OSError as e:
             raise SubmissionError(f"cannot read Task 3 CSV: {e}") from None
     else:
