@@ -87,13 +87,21 @@ def child_peak(argv):
     return usage.ru_maxrss / 1024.0, wall, child.returncode
 
 
-def memory_rows(data, weights, counts, work):
+def detection_settings(detections):
+    """--set values that make a weak checkpoint report `detections` masks per image, as a
+    trained Task 1 model does (1-3): DETECTION_MIN_CONFIDENCE 0 and that many slots."""
+    if not detections:
+        return ()
+    return ("DETECTION_MIN_CONFIDENCE=0", f"DETECTION_MAX_INSTANCES={int(detections)}")
+
+
+def memory_rows(data, weights, counts, work, modes=("investigate", "predict"), detections=0):
     """Peak RSS and s/image of investigate and predict on `counts` images each."""
     from isic import layout
     images = sorted((data / layout.TASK12_INPUT_DIR.format(split="Training")).glob("*.jpg"))
-    settings = [a for s in INFERENCE_SETTINGS for a in ("--set", s)]
+    settings = [a for s in INFERENCE_SETTINGS + detection_settings(detections) for a in ("--set", s)]
     rows = []
-    for mode in ("investigate", "predict"):
+    for mode in modes:
         row = {"mode": mode}
         for count in counts:
             out = work / f"{mode}_{count}"
@@ -163,6 +171,43 @@ def refinement_rows(data, weights, count):
     return rows
 
 
+REAL_DIAMETERS = (None, 400, 300, 200)  # GrabCut working diameters compared on real images
+
+
+def real_refinement_rows(real, weights):
+    """Task 1 score of the validation split of a real set (the run's own seeded split) with
+    the network's mask as is, and refined by GrabCut at full resolution (diameter None) and
+    at the working diameters of REAL_DIAMETERS: does scaling by the lesion's size cost score?"""
+    import keras
+    import lesions
+    from isic import metrics, outputs, refinement, runs
+    keras.backend.clear_session()
+    config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
+    model = runs.load_inference_model(config, pathlib.Path(weights), tempfile.gettempdir())
+    dataset = runs.load_dataset("segmentation", real, "val", config.SEED)
+    variants = {"network mask": {}, **{f"grabcut {d or 'full'}": {} for d in REAL_DIAMETERS}}
+    seconds = {name: [] for name in variants}
+    for image_id in dataset.image_ids:
+        isic = dataset.image_info[image_id]["id"]
+        image = dataset.load_image(image_id)
+        truth = dataset.load_mask(image_id)[0].any(axis=-1)
+        network = outputs.lesion_mask(model.detect([image])[0], image.shape)
+        variants["network mask"][isic] = metrics.segmentation_record(truth, network)
+        for d in REAL_DIAMETERS:
+            start = time.perf_counter()
+            refined = refinement.grabcut_refine(image, network, diameter=d)
+            seconds[f"grabcut {d or 'full'}"].append(time.perf_counter() - start)
+            variants[f"grabcut {d or 'full'}"][isic] = metrics.segmentation_record(truth, refined)
+    rows = []
+    for name, records in variants.items():
+        summary = metrics.summarise_task1(records)["macro_average"]
+        rows.append({"variant": name, "images": len(records),
+                     "threshold_jaccard": round(summary["threshold_jaccard"], 4),
+                     "jaccard": round(summary["jaccard"], 4),
+                     "median_s": round(float(np.median(seconds[name])), 3) if seconds[name] else None})
+    return rows
+
+
 def training_feed_rows(data):
     """TRAINING-FEED ROWS (issue 12): images/s of the training feed from full-size sources
     uncached and cached, and from 512x512 sources. The decoded-image cache and its
@@ -184,10 +229,12 @@ def markdown(report):
     counts = report["counts"]
     lines = [f"Full-size set: {report['images']} generated images of {FULL_SIZE[0]}x{FULL_SIZE[1]} "
              f"(`{report['data']}`); weights `{report['weights']}`; bare ResNet-50 training step at "
-             f"512 px, batch 1: {report['bare_backbone_step_s']:.3f} s; {report['machine']}", "",
-             f"| mode | peak RSS {counts[0]} images MB | peak RSS {counts[1]} images MB | growth MB "
-             f"(target < {MEMORY_TARGET_MB}) | s/image ({counts[0]}) | s/image ({counts[1]}) |",
-             "|---|---|---|---|---|---|"]
+             f"512 px, batch 1: {report['bare_backbone_step_s']:.3f} s; detections per image in the memory "
+             f"runs: {report['detections'] or 'as the checkpoint gives'}; machine {report['machine']}"]
+    if report["memory"]:
+        lines += ["", f"| mode | peak RSS {counts[0]} images MB | peak RSS {counts[1]} images MB | growth MB "
+                      f"(target < {MEMORY_TARGET_MB}) | s/image ({counts[0]}) | s/image ({counts[1]}) |",
+                  "|---|---|---|---|---|---|"]
     for r in report["memory"]:
         a, b = r[counts[0]], r[counts[1]]
         lines.append(f"| {r['mode']} | {a['peak_rss_mb']} | {b['peak_rss_mb']} | {r['growth_mb']} | "
@@ -203,6 +250,11 @@ def markdown(report):
                          f"{before:.4f} -> {np.mean([r[f'jaccard_{key}'] for r in rows]):.4f} |")
         lines.append(f"\nmasks refined: {', '.join(sorted({r['mask'] for r in rows}))}; "
                      f"{len(rows)} images")
+    if report.get("real"):
+        lines += ["", "| real validation split: Task 1 mask | images | thresholded Jaccard | Jaccard | "
+                      "refinement s/image (median) |", "|---|---|---|---|---|"]
+        lines += [f"| {r['variant']} | {r['images']} | {r['threshold_jaccard']:.4f} | {r['jaccard']:.4f} | "
+                  f"{'' if r['median_s'] is None else r['median_s']} |" for r in report["real"]]
     if report["training_feed"]:
         lines += ["", "| training feed source | images/s |", "|---|---|"]
         lines += [f"| {r['source']} | {r['images_per_s']} |" for r in report["training_feed"]]
@@ -219,26 +271,34 @@ def main(argv=None):
     parser.add_argument("--unique", type=int, default=10, help="distinct generated images (default 10)")
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--large", type=int, default=40)
+    parser.add_argument("--detections", type=int, default=0,
+                        help="memory runs: report this many detections per image whatever the scores "
+                             "(for checkpoints that find nothing on generated images; default: as trained)")
     parser.add_argument("--refine-images", type=int, default=3, help="images timed for refinement (0: skip)")
-    parser.add_argument("--skip-memory", action="store_true", help="only the refinement timing")
+    parser.add_argument("--modes", nargs="*", default=["investigate", "predict"],
+                        help="lesions.py modes whose memory is measured (none: skip)")
+    parser.add_argument("--real", default=None, help="also score GrabCut at full resolution and at "
+                        "lesion-sized scales on the validation split of this real Task 1 set "
+                        "(e.g. ../shared/ham10000-seg, with --weights trained on it)")
     parser.add_argument("--output", default=None, help="also write the numbers as JSON here")
     args = parser.parse_args(argv)
 
     from isic import synthetic
     data = pathlib.Path(args.data) if args.data else synthetic.default_cache_dir() / "fullsize_2848x4288"
-    data = ensure_full_size_set(data.expanduser().resolve(), args.unique, args.large)
+    need_set = args.modes or args.refine_images
+    data = ensure_full_size_set(data.expanduser().resolve(), args.unique, args.large) if need_set else data
     weights = pathlib.Path(args.weights).expanduser().resolve()
     import speed
-    report = {"data": str(data), "images": f"{args.large} ({args.unique} distinct)", "weights": str(weights), "counts": [args.small, args.large],
+    report = {"data": str(data), "images": f"{args.large} ({args.unique} distinct)", "detections": args.detections, "weights": str(weights), "counts": [args.small, args.large],
               "machine": json.dumps(speed.machine())}
     report["bare_backbone_step_s"] = bare_backbone_step_s()
     with tempfile.TemporaryDirectory(prefix="scale_") as work:
-        report["memory"] = [] if args.skip_memory else memory_rows(
-            data, weights, (args.small, args.large), pathlib.Path(work))
+        report["memory"] = memory_rows(data, weights, (args.small, args.large), pathlib.Path(work), args.modes,
+                                       args.detections)
     report["refinement"] = refinement_rows(data, weights, args.refine_images) if args.refine_images else []
     report["training_feed"] = training_feed_rows(data)  # TRAINING-FEED ROWS: see training_feed_rows
-    text = markdown(report) if report["memory"] else markdown(dict(report, memory=[]))
-    print(text)
+    report["real"] = real_refinement_rows(pathlib.Path(args.real).resolve(), weights) if args.real else []
+    print(markdown(report))
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(report, indent=1, default=str) + "\n")
     return 0

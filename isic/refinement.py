@@ -121,8 +121,10 @@ def grabcut_refine(image, mask, band=0.15, iterations=5, diameter=GRABCUT_DIAMET
     height, width = mask.shape
     full_diameter = np.sqrt(4.0 * area / np.pi)
     scale = 1.0 if not diameter else min(1.0, diameter / full_diameter)
-    # Region: the mask's bounding box grown by the band plus a margin of the same width.
-    reach = int(np.ceil(2 * max(3.0 / scale, band * full_diameter))) + 2
+    # Band radius in full-resolution px (at least 3 px at the working scale); the region is
+    # the mask's bounding box grown by the band plus a margin of sure skin of the same width.
+    radius_full = max(3.0 / scale, float(round(band * full_diameter)))
+    reach = int(np.ceil(2 * radius_full))
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     y1, y2 = max(0, rows[0] - reach), min(height, rows[-1] + 1 + reach)
     x1, x2 = max(0, cols[0] - reach), min(width, cols[-1] + 1 + reach)
@@ -135,10 +137,10 @@ def grabcut_refine(image, mask, band=0.15, iterations=5, diameter=GRABCUT_DIAMET
         work_mask = _resize(crop_mask.astype(np.float32), work_shape, cv2.INTER_AREA) >= 0.5
     else:
         work_shape, work_mask = crop_shape, crop_mask
-    radius = max(3.0, band * full_diameter * scale)
+    radius = radius_full * scale
     mask_u8 = work_mask.astype(np.uint8)
-    inside = cv2.distanceTransform(mask_u8, cv2.DIST_L2, 5)  # [h, w] px to the nearest skin pixel
-    outside = cv2.distanceTransform(1 - mask_u8, cv2.DIST_L2, 5)  # [h, w] px to the nearest lesion pixel
+    inside = cv2.distanceTransform(mask_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # [h, w] px to skin
+    outside = cv2.distanceTransform(1 - mask_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # [h, w] px to lesion
     core, outer = inside > radius, outside <= radius
     seeds = np.full(work_shape, cv2.GC_BGD, np.uint8)
     seeds[outer] = cv2.GC_PR_BGD

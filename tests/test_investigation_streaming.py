@@ -105,9 +105,37 @@ def test_metrics_json_unchanged_by_streaming(task, source, request, tmp_path):
     root = request.getfixturevalue("isic_sample" if source == "real" else "synthetic_root")
     expected = json.loads(FIXTURE.read_text())[source][task]
     report = investigate_report(task, root, tmp_path)
+    assert len(report["image_ids"]) == expected["num_images"] == len(set(report["image_ids"]))
+    assert set(report["mask_sources"]) == {"isic", "mask_map", "pooled_box_ap50"}
+    assert "network's instance masks" in report["mask_sources"]["mask_map"]
     for field in NEW_FIELDS:
-        report.pop(field, None)
+        report.pop(field)
     _same(expected, report)
+
+
+def test_rerun_with_a_limit_leaves_only_its_own_predictions(synthetic_root, tmp_path, monkeypatch):
+    """A second investigate into the same folder with --limit: predictions/ holds exactly the
+    images metrics.json lists; a file investigate did not write stays."""
+    import argparse
+
+    import lesions
+    monkeypatch.setattr(runs, "load_inference_model", lambda config, weights, logs: ContentDetector(2))
+    out = tmp_path / "inv"
+    config = lesions.make_config("segmentation", inference=True)
+
+    def run(limit):
+        args = argparse.Namespace(dataset=str(synthetic_root), weights="none", task="segmentation",
+                                  logs=str(tmp_path / "logs"), subset="all", limit=limit, output=str(out))
+        assert investigation.run(args, config) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    assert len(run(5)["image_ids"]) == 5
+    (out / "predictions" / "notes.txt").write_text("mine")
+    report = run(2)
+    written = sorted(p.name for p in (out / "predictions").iterdir())
+    assert written == sorted([f"{i}_segmentation.png" for i in report["image_ids"]] + ["notes.txt"])
+    assert len(report["image_ids"]) == 2 == report["num_images"]
+    assert "TASK1_MASK_REFINEMENT='none'" in report["mask_sources"]["isic"]
 
 
 def _write_fixture():
