@@ -292,6 +292,9 @@ def write_report(path, report, task):
     lines += ["", f"Mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}, "
                   f"mAP@[.5:.95] {report['mask_map']['mAP@[.5:.95]']:.4f}; pooled box AP@0.5 "
                   f"{report['pooled_box_ap50']:.4f}", ""]
+    sources = report.get("mask_sources")
+    if sources:
+        lines += [f"ISIC score computed from {sources['isic']}; mask mAP and box AP from {sources['mask_map']}.", ""]
     lines += [f"![{f}]({f})" for f in report["figures"]]
     text = "\n".join(lines) + "\n"
     submission.atomic_write(path, lambda f: f.write(text.encode()))

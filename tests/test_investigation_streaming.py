@@ -5,7 +5,7 @@ in tests/data/investigate_fixture.json), and the new provenance fields say what 
 The detections come from a deterministic stand-in for the network (dark regions of the
 image at three thresholds, with scores and class probabilities from the image's colours),
 so the fixture does not depend on TensorFlow's numerics and the test takes seconds.
-Regenerate the fixture only on purpose: `python tests/test_investigation_streaming.py --write`.
+Regenerate the fixture only on purpose: `python tests/test_investigation_streaming.py --write [SAMPLE_DIR]`.
 """
 import json
 import math
@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -26,6 +27,7 @@ FIXTURE = pathlib.Path(__file__).with_name("data") / "investigate_fixture.json"
 TASKS = ("segmentation", "attributes", "classification")
 NEW_FIELDS = ("image_ids", "mask_sources")  # added with streaming; not in the fixture
 QUANTILES = (0.12, 0.25, 0.4)
+IMAGES, FIGURES = 5, 2
 
 
 class StandInConfig:
@@ -35,8 +37,8 @@ class StandInConfig:
 
 class ContentDetector:
     """A deterministic `detect` from image content: masks of the darkest 12/25/40 % of the
-    pixels, class ids cycling through the classes, scores and class probabilities from the
-    image's mean colour."""
+    smoothed image (blobs, not speckle), class ids cycling through the classes, scores and
+    class probabilities from the image's mean colour."""
 
     def __init__(self, num_classes):
         self.num_classes = num_classes
@@ -45,6 +47,7 @@ class ContentDetector:
     def detect(self, images, verbose=0):
         image = images[0]
         gray = image.astype(np.float64).mean(axis=-1)
+        gray = ndimage.uniform_filter(gray, size=max(3, min(gray.shape) // 12))
         masks = np.stack([gray <= np.quantile(gray, q) for q in QUANTILES], axis=-1)  # [H, W, 3]
         mean_rgb = image.reshape(-1, 3).mean(axis=0) / 255.0
         base = float(mean_rgb.mean())
@@ -57,7 +60,7 @@ class ContentDetector:
 
 
 def _sample_dataset(task, root):
-    return runs.load_dataset(task, root, "all", 42, limit=6)
+    return runs.load_dataset(task, root, "all", 42, limit=IMAGES)
 
 
 def investigate_report(task, root, out):
@@ -66,7 +69,11 @@ def investigate_report(task, root, out):
     pred_dir, fig_dir = out / "predictions", out / "figures"
     pred_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
-    report = investigation.investigate(model, dataset, task, pred_dir, fig_dir)
+    saved, investigation.FIGURE_IMAGES = investigation.FIGURE_IMAGES, FIGURES  # fewer figures to draw
+    try:
+        report = investigation.investigate(model, dataset, task, pred_dir, fig_dir)
+    finally:
+        investigation.FIGURE_IMAGES = saved
     return json.loads(json.dumps(report, default=float))
 
 
@@ -138,12 +145,12 @@ def test_rerun_with_a_limit_leaves_only_its_own_predictions(synthetic_root, tmp_
     assert "TASK1_MASK_REFINEMENT='none'" in report["mask_sources"]["isic"]
 
 
-def _write_fixture():
+def _write_fixture(sample):
     import tempfile
     fixture = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
-        roots = {"real": ROOT.parent / "shared" / "isic2018-sample", "synthetic": _synthetic_root(tmp)}
+        roots = {"real": pathlib.Path(sample), "synthetic": _synthetic_root(tmp)}
         for source, root in roots.items():
             fixture[source] = {}
             for task in TASKS:
@@ -156,4 +163,4 @@ def _write_fixture():
 
 
 if __name__ == "__main__" and "--write" in sys.argv:
-    _write_fixture()
+    _write_fixture(sys.argv[-1] if len(sys.argv) > 2 else ROOT.parent / "shared" / "isic2018-sample")
