@@ -120,6 +120,7 @@ def memory_rows(data, weights, counts, work, modes=("investigate", "predict"), d
             print(f"{mode} on {count} images ...", file=sys.stderr, flush=True)
             peak, wall, _ = child_peak(argv)
             row[count] = {"peak_rss_mb": round(peak), "s_per_image": round(wall / count, 2)}
+            print(f"{mode} {count} images: {row[count]}", file=sys.stderr, flush=True)
             shutil.rmtree(out, ignore_errors=True)
         row["growth_mb"] = row[counts[1]]["peak_rss_mb"] - row[counts[0]]["peak_rss_mb"]
         rows.append(row)
@@ -153,17 +154,18 @@ def refinement_rows(data, weights, count):
         source = "network"
         if network.sum() < 0.01 * network.size:
             network, source = _stand_in_mask(truth), "shifted truth"
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         refined = refinement.grabcut_refine(image, network)
-        grabcut_s = time.perf_counter() - start
-        start = time.perf_counter()
+        grabcut_s, grabcut_cpu = time.perf_counter() - start, time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
         voted = refinement.flip_vote_mask(model, image, first_mask=outputs.lesion_mask(result, image.shape))
-        flips_s = time.perf_counter() - start
+        flips_s, flips_cpu = time.perf_counter() - start, time.process_time() - cpu
 
         def j(mask):
             return metrics.jaccard(metrics.segmentation_confusion(truth, mask))
         rows.append({"image": dataset.image_info[image_id]["id"], "mask": source,
                      "grabcut_s": round(grabcut_s, 2), "flips_s": round(flips_s, 2),
+                     "grabcut_cpu_s": round(grabcut_cpu, 2), "flips_cpu_s": round(flips_cpu, 2),
                      "jaccard_mask": round(j(network), 4), "jaccard_grabcut": round(j(refined), 4),
                      "jaccard_flips": round(j(voted), 4)})
         print(f"refinement {rows[-1]}", file=sys.stderr, flush=True)
@@ -171,40 +173,73 @@ def refinement_rows(data, weights, count):
     return rows
 
 
-REAL_DIAMETERS = (None, 400, 300, 200)  # GrabCut working diameters compared on real images
+REAL_DIAMETERS = (None, 400, 200)  # GrabCut working diameters compared on real images
 
 
-def real_refinement_rows(real, weights):
+def coarse_truth(truth):
+    """The true mask as a 28x28 mask head gives it: resampled through a 28x28 grid in its box,
+    then shifted by 4 % of the box (a network-like mask for weights that are not trained)."""
+    import cv2
+    ys, xs = np.nonzero(truth)
+    y1, y2, x1, x2 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
+    grid = cv2.resize(truth[y1:y2, x1:x2].astype(np.float32), (28, 28), interpolation=cv2.INTER_AREA)
+    coarse = cv2.resize(grid, (int(x2 - x1), int(y2 - y1)), interpolation=cv2.INTER_LINEAR) >= 0.5
+    out = np.zeros_like(truth)
+    out[y1:y2, x1:x2] = coarse
+    return np.roll(out, (int(0.04 * (y2 - y1)), -int(0.04 * (x2 - x1))), axis=(0, 1))
+
+
+def real_refinement_rows(real, weights, masks="network"):
     """Task 1 score of the validation split of a real set (the run's own seeded split) with
-    the network's mask as is, and refined by GrabCut at full resolution (diameter None) and
-    at the working diameters of REAL_DIAMETERS: does scaling by the lesion's size cost score?"""
-    import keras
+    the input mask as is, refined by GrabCut at full resolution (diameter None) and at the
+    working diameters of REAL_DIAMETERS, and on the image and truth enlarged 4x (the lesion
+    then is scaled down for GrabCut): does scaling by the lesion's size cost score?
+    masks: "network" (the checkpoint's top mask) or "coarse-truth" (see coarse_truth)."""
+    import cv2
     import lesions
     from isic import metrics, outputs, refinement, runs
-    keras.backend.clear_session()
     config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
-    model = runs.load_inference_model(config, pathlib.Path(weights), tempfile.gettempdir())
+    model = None
+    if masks == "network":
+        import keras
+        keras.backend.clear_session()
+        model = runs.load_inference_model(config, pathlib.Path(weights), tempfile.gettempdir())
     dataset = runs.load_dataset("segmentation", real, "val", config.SEED)
-    variants = {"network mask": {}, **{f"grabcut {d or 'full'}": {} for d in REAL_DIAMETERS}}
-    seconds = {name: [] for name in variants}
+    names = ["input mask"] + [f"grabcut {d or 'full'}" for d in REAL_DIAMETERS] + [
+        "4x: input mask", f"4x: grabcut {refinement.GRABCUT_DIAMETER}"]
+    records, seconds = {n: {} for n in names}, {n: [] for n in names}
+
+    def score(name, isic, truth, fn):
+        start = time.perf_counter()
+        mask = fn()
+        seconds[name].append(time.perf_counter() - start)
+        records[name][isic] = metrics.segmentation_record(truth, mask)
+
     for image_id in dataset.image_ids:
         isic = dataset.image_info[image_id]["id"]
         image = dataset.load_image(image_id)
         truth = dataset.load_mask(image_id)[0].any(axis=-1)
-        network = outputs.lesion_mask(model.detect([image])[0], image.shape)
-        variants["network mask"][isic] = metrics.segmentation_record(truth, network)
+        given = (outputs.lesion_mask(model.detect([image])[0], image.shape) if model is not None
+                 else coarse_truth(truth))
+        score("input mask", isic, truth, lambda: given)
         for d in REAL_DIAMETERS:
-            start = time.perf_counter()
-            refined = refinement.grabcut_refine(image, network, diameter=d)
-            seconds[f"grabcut {d or 'full'}"].append(time.perf_counter() - start)
-            variants[f"grabcut {d or 'full'}"][isic] = metrics.segmentation_record(truth, refined)
+            score(f"grabcut {d or 'full'}", isic, truth, lambda: refinement.grabcut_refine(image, given, diameter=d))
+        big = cv2.resize(image, None, fx=4, fy=4, interpolation=cv2.INTER_CUBIC)
+        big_truth = cv2.resize(truth.astype(np.uint8), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST) > 0
+        big_given = (cv2.resize(given.astype(np.uint8), None, fx=4, fy=4, interpolation=cv2.INTER_NEAREST) > 0
+                     if model is not None else coarse_truth(big_truth))
+        score("4x: input mask", isic, big_truth, lambda: big_given)
+        score(f"4x: grabcut {refinement.GRABCUT_DIAMETER}", isic, big_truth,
+              lambda: refinement.grabcut_refine(big, big_given))
+        print(f"real {isic}: " + ", ".join(f"{n} {r[isic]['jaccard']:.3f}" for n, r in records.items()),
+              file=sys.stderr, flush=True)
     rows = []
-    for name, records in variants.items():
-        summary = metrics.summarise_task1(records)["macro_average"]
-        rows.append({"variant": name, "images": len(records),
+    for name in names:
+        summary = metrics.summarise_task1(records[name])["macro_average"]
+        rows.append({"variant": name, "images": len(records[name]),
                      "threshold_jaccard": round(summary["threshold_jaccard"], 4),
                      "jaccard": round(summary["jaccard"], 4),
-                     "median_s": round(float(np.median(seconds[name])), 3) if seconds[name] else None})
+                     "median_s": None if name.endswith("input mask") else round(float(np.median(seconds[name])), 3)})
     return rows
 
 
@@ -242,11 +277,12 @@ def markdown(report):
     if report["refinement"]:
         rows = report["refinement"]
         lines += ["", f"| Task 1 refinement per full-size image (target <= {REFINE_TARGET_S:g} s) | median s | "
-                      "max s | Jaccard before -> after (mean) |", "|---|---|---|---|"]
+                      "max s | median CPU s (all threads) | Jaccard before -> after (mean) |", "|---|---|---|---|---|"]
         before = np.mean([r["jaccard_mask"] for r in rows])
         for key, name in (("grabcut", "GrabCut"), ("flips", "flips (3 extra detections + vote)")):
             times = [r[f"{key}_s"] for r in rows]
-            lines.append(f"| {name} | {np.median(times):.2f} | {max(times):.2f} | "
+            cpu = [r[f"{key}_cpu_s"] for r in rows]
+            lines.append(f"| {name} | {np.median(times):.2f} | {max(times):.2f} | {np.median(cpu):.2f} | "
                          f"{before:.4f} -> {np.mean([r[f'jaccard_{key}'] for r in rows]):.4f} |")
         lines.append(f"\nmasks refined: {', '.join(sorted({r['mask'] for r in rows}))}; "
                      f"{len(rows)} images")
@@ -280,6 +316,9 @@ def main(argv=None):
     parser.add_argument("--real", default=None, help="also score GrabCut at full resolution and at "
                         "lesion-sized scales on the validation split of this real Task 1 set "
                         "(e.g. ../shared/ham10000-seg, with --weights trained on it)")
+    parser.add_argument("--real-masks", choices=("network", "coarse-truth"), default="network",
+                        help="--real: refine the checkpoint's masks, or each true mask resampled through "
+                             "a 28x28 grid and shifted (for weights that find nothing)")
     parser.add_argument("--no-backbone-step", action="store_true",
                         help="skip timing the bare backbone step (when another part of a split run prints it)")
     parser.add_argument("--output", default=None, help="also write the numbers as JSON here")
@@ -287,7 +326,7 @@ def main(argv=None):
 
     from isic import synthetic
     data = pathlib.Path(args.data) if args.data else synthetic.default_cache_dir() / "fullsize_2848x4288"
-    need_set = args.modes or args.refine_images
+    need_set = bool(args.modes or args.refine_images)
     data = ensure_full_size_set(data.expanduser().resolve(), args.unique, args.large) if need_set else data
     weights = pathlib.Path(args.weights).expanduser().resolve()
     import speed
@@ -299,7 +338,7 @@ def main(argv=None):
                                        args.detections)
     report["refinement"] = refinement_rows(data, weights, args.refine_images) if args.refine_images else []
     report["training_feed"] = training_feed_rows(data)  # TRAINING-FEED ROWS: see training_feed_rows
-    report["real"] = real_refinement_rows(pathlib.Path(args.real).resolve(), weights) if args.real else []
+    report["real"] = real_refinement_rows(pathlib.Path(args.real).resolve(), weights, args.real_masks) if args.real else []
     print(markdown(report))
     if args.output:
         pathlib.Path(args.output).write_text(json.dumps(report, indent=1, default=str) + "\n")
