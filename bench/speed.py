@@ -362,12 +362,10 @@ def markdown(out, args):
 
 
 def write_json(out, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".speed-", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
+    from mrcnn import atomic
+    with atomic.atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None):

@@ -11,13 +11,14 @@ import re
 
 from isic import layout
 from isic.errors import UserError
+from mrcnn.config import HEAD_LAYERS
 
 log = logging.getLogger(__name__)
 
 WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
 CHECKPOINT_RE = re.compile(r"mask_rcnn_(?P<name>.+)_(?P<epoch>\d{4})\.h5$")
 # Matterport's class-dependent heads: excluded when COCO weights meet another class count.
-COCO_HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+COCO_HEADS = list(HEAD_LAYERS)
 
 
 def default_weights(mode, synthetic):

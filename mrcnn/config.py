@@ -7,15 +7,17 @@ always travels with the exact settings that produced it.
 import json
 import logging
 import math
-import os
-import tempfile
 
 import numpy as np
+
+from mrcnn import atomic
 
 log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet50", "resnet101", "resnet18")
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+# Matterport's class-dependent heads: exclude them to load COCO weights for another class count.
+HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
@@ -261,17 +263,9 @@ class Config:
 
     def save(self, path):
         """Write the config as JSON (atomically: temp file + rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic.atomic_open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
 
     @classmethod
     def from_dict(cls, values):

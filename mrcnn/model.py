@@ -22,6 +22,7 @@ from mrcnn.backbone import build_backbone
 from mrcnn.detection import DetectionLayer
 from mrcnn.fpn import fpn_graph
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
+from mrcnn.layers import Float32Layer
 from mrcnn.proposal import ProposalLayer
 from mrcnn.rpn import build_rpn_model, rpn_outputs
 
@@ -44,12 +45,8 @@ def register_graph_builder(mode, builder):
     _GRAPH_BUILDERS[mode] = builder
 
 
-class DetectionBoxes(keras.layers.Layer):
+class DetectionBoxes(Float32Layer):
     """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, inputs):
         return inputs[..., :4]

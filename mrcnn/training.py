@@ -17,13 +17,14 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
+from mrcnn import boxes as box_coder
 from mrcnn import image_cache, weights_io
 from mrcnn import losses as L
 from mrcnn.config import LOSS_NAMES
 from mrcnn.data import MaskRCNNSequence
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
 from mrcnn.layer_sets import LAYER_REGEX, check_matches, layer_regex  # noqa: F401 (LAYER_REGEX: Matterport's name)
-from mrcnn.layers import norm_boxes_graph
+from mrcnn.layers import Float32Layer
 from mrcnn.model import register_graph_builder
 from mrcnn.proposal import ProposalLayer
 from mrcnn.targets import DetectionTargetLayer
@@ -45,28 +46,23 @@ class NonFiniteLossError(RuntimeError):
 #  Graph
 ############################################################
 
-class NormBoxes(keras.layers.Layer):
+class NormBoxes(Float32Layer):
     """Pixel GT boxes -> normalised, for the image's height and width.
     Inputs: boxes [batch, n, 4] pixels, image [batch, H, W, C]."""
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
     def call(self, inputs):
         boxes, image = inputs
-        return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.shape(image)[1:3])
+        return box_coder.normalize_tf(tf.cast(boxes, tf.float32), tf.shape(image)[1:3])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
 
-class ConstantAnchors(keras.layers.Layer):
+class ConstantAnchors(Float32Layer):
     """The training anchors (fixed IMAGE_SHAPE) as [batch, anchors, (y1, x1, y2, x2)]
     normalised, batched like the image it is given."""
 
     def __init__(self, anchors, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, np.float32)
 
@@ -78,12 +74,8 @@ class ConstantAnchors(keras.layers.Layer):
         return (input_shape[0],) + self.anchors.shape
 
 
-class ActiveClassIds(keras.layers.Layer):
+class ActiveClassIds(Float32Layer):
     """image_meta [batch, meta] -> active_class_ids [batch, NUM_CLASSES]."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, image_meta):
         return tf.cast(image_meta[:, 12:], tf.float32)
@@ -92,13 +84,9 @@ class ActiveClassIds(keras.layers.Layer):
         return (input_shape[0], input_shape[1] - 12)
 
 
-class StopGradient(keras.layers.Layer):
+class StopGradient(Float32Layer):
     """Proposals are targets' anchors, not something to learn through (Faster R-CNN's
     approximate joint training); also used to name the output ROIs."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, inputs):
         return tf.stop_gradient(inputs)
@@ -129,11 +117,10 @@ class LeadingRois(keras.layers.Layer):
         return keras.KerasTensor((inputs.shape[0], self.count) + tuple(inputs.shape[2:]), dtype=inputs.dtype)
 
 
-class LossLayer(keras.layers.Layer):
+class LossLayer(Float32Layer):
     """One of the five losses as a float32 scalar output [1] (named like Matterport's)."""
 
     def __init__(self, loss_fn, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.loss_fn = loss_fn
 
