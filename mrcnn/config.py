@@ -35,7 +35,8 @@ _POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_
                   "MASK_POOL_SIZE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES")
 _PROBABILITIES = ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO",
                   "LEARNING_MOMENTUM")
-_BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS")
+_BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS",
+             "IMAGE_CACHE")
 # The feature pyramid's levels: one backbone stride and one anchor scale each.
 _PYRAMID_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
@@ -154,6 +155,11 @@ class Config:
     # most any image of the batch has) instead of on all DETECTION_MAX_INSTANCES slots.
     # Same results; False runs keras_model's plain graph (the mask head on every slot).
     DETECT_MASKS_ON_SURVIVORS = True
+    # Training and validation feeds store each image and its masks, decoded and resized for
+    # the IMAGE_* values above, in an on-disk cache read by later epochs and runs
+    # (mrcnn.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
+    # ~/.cache/isic-mrcnn/images). Never used with IMAGE_RESIZE_MODE "crop". False: decode every time.
+    IMAGE_CACHE = True
 
     def __init__(self, **overrides):
         for key, value in overrides.items():

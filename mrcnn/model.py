@@ -99,9 +99,10 @@ def _precision_policy(policy):
 
 
 def _distribution_scope(mode, config):
-    """Training with GPU_COUNT > 1 builds its variables under a tf.distribute strategy
-    (mrcnn.training.distribution_strategy); everything else builds without one."""
-    if mode == "training" and config.GPU_COUNT > 1:
+    """Training with GPU_COUNT > 1 or with TF_CONFIG set builds its variables under a
+    tf.distribute strategy (mrcnn.training.distribution_strategy); everything else builds
+    without one."""
+    if mode == "training" and (config.GPU_COUNT > 1 or os.environ.get("TF_CONFIG")):
         from mrcnn import training
         return training.distribution_strategy(config).scope()
     return contextlib.nullcontext()
