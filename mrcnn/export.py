@@ -32,29 +32,40 @@ CARD_NAME = "model_card.json"
 # --- Molding ------------------------------------------------------------------------------
 
 def _axis_samples(in_size, out_size):
-    """Where each output sample of one axis falls in the input (half-pixel centres), as the
-    index of its lower neighbour in a 1-pixel zero-padded input and the weight of its upper
-    neighbour. in_size, out_size: int32 scalars."""
+    """Where each output sample of one axis falls in the input (half-pixel centres): the
+    index of its lower neighbour in a 1-pixel zero-padded input, and the two linear weights
+    computed as scipy's spline code does (w_low = 1 - frac, w_high = 1 - w_low).
+    in_size, out_size: int32 scalars."""
     ratio = tf.cast(in_size, tf.float64) / tf.cast(out_size, tf.float64)
     position = (tf.range(out_size, dtype=tf.float64) + 0.5) * ratio - 0.5  # [out]
     lower = tf.floor(position)
-    weight = position - lower  # [out]
-    return tf.cast(lower, tf.int32) + 1, weight
+    w_low = 1.0 - (position - lower)
+    return tf.cast(lower, tf.int32) + 1, w_low, 1.0 - w_low
 
 
 def resize_bilinear(image, out_h, out_w):
     """[H, W, C] float64 -> [out_h, out_w, C] float64: bilinear with half-pixel sample
     positions and zeros outside the image (skimage.transform.resize, order 1,
-    mode "constant", no anti-aliasing; scipy's "grid-constant")."""
+    mode "constant", no anti-aliasing: scipy.ndimage.zoom, "grid-constant").
+
+    The four neighbours are weighed and summed in scipy's order, ((v * wy) * wx) added
+    top-left, top-right, bottom-left, bottom-right, so that the float64 result is the same
+    to the last bit and truncating it to uint8 gives the same grey levels."""
     padded = tf.pad(image, [[1, 1], [1, 1], [0, 0]])  # [H + 2, W + 2, C]
-    rows, row_w = _axis_samples(tf.shape(image)[0], out_h)
-    cols, col_w = _axis_samples(tf.shape(image)[1], out_w)
-    row_w = row_w[:, tf.newaxis, tf.newaxis]
-    col_w = col_w[tf.newaxis, :, tf.newaxis]
+    rows, wy0, wy1 = _axis_samples(tf.shape(image)[0], out_h)
+    cols, wx0, wx1 = _axis_samples(tf.shape(image)[1], out_w)
+    wy0, wy1 = wy0[:, tf.newaxis, tf.newaxis], wy1[:, tf.newaxis, tf.newaxis]
+    wx0, wx1 = wx0[tf.newaxis, :, tf.newaxis], wx1[tf.newaxis, :, tf.newaxis]
     top, bottom = tf.gather(padded, rows), tf.gather(padded, rows + 1)  # [out_h, W + 2, C]
-    by_rows = top * (1.0 - row_w) + bottom * row_w
-    left, right = tf.gather(by_rows, cols, axis=1), tf.gather(by_rows, cols + 1, axis=1)
-    return left * (1.0 - col_w) + right * col_w  # [out_h, out_w, C]
+    top_left, top_right = tf.gather(top, cols, axis=1), tf.gather(top, cols + 1, axis=1)  # [out_h, out_w, C]
+    bottom_left, bottom_right = tf.gather(bottom, cols, axis=1), tf.gather(bottom, cols + 1, axis=1)
+    # MulNoNan (x * y for finite weights) because grappler reorders chains of Mul to
+    # minimise broadcasts, which would change the rounding.
+    weigh = tf.math.multiply_no_nan
+    total = weigh(weigh(top_left, wy0), wx0)
+    total = total + weigh(weigh(top_right, wy0), wx1)
+    total = total + weigh(weigh(bottom_left, wy1), wx0)
+    return total + weigh(weigh(bottom_right, wy1), wx1)
 
 
 def resize_scale(h, w, config):
@@ -193,8 +204,12 @@ def unmold_detections_graph(detections, mrcnn_mask, class_probs, image_shape, mo
     probs = tf.gather(probs, keep)
     soft_masks = tf.gather(soft_masks, keep)
 
-    masks = tf.map_fn(lambda args: paste_mask(args[0], args[1], height, width), (soft_masks, pixel_boxes),
-                      fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+    def paste_all():
+        return tf.map_fn(lambda args: paste_mask(args[0], args[1], height, width), (soft_masks, pixel_boxes),
+                         fn_output_signature=tf.TensorSpec([None, None], tf.uint8))
+
+    # map_fn cannot stack an empty list of unknown-shape masks: no detection -> [0, H, W] directly.
+    masks = tf.cond(tf.size(keep) > 0, paste_all, lambda: tf.zeros(tf.stack([0, height, width]), tf.uint8))
     masks = tf.reshape(masks, tf.stack([tf.shape(keep)[0], height, width]))  # [N, H, W]
     return pixel_boxes, class_ids, tf.cast(scores, tf.float32), masks, tf.cast(probs, tf.float32)
 
