@@ -213,17 +213,24 @@ def model_card(task, config, weights, agreement_summary, export_seconds, size_by
 
 # --- Export -------------------------------------------------------------------------------
 
+def check_output_dir(output_dir, overwrite=False):
+    """The --output folder as a Path, or a UserError when writing there would replace
+    something (a file, or a non-empty folder without --overwrite)."""
+    output_dir = pathlib.Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output {output_dir}: exists and is not a folder")
+    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
+        raise UserError(f"--output {output_dir}: folder exists and is not empty (choose another folder)")
+    return output_dir
+
+
 def export_model(model, task, output_dir, weights, images, overwrite=False):
     """Write `model` (a MaskRCNN in inference mode, one image per batch) to `output_dir` as a
     SavedModel plus model_card.json, after measuring its agreement with detect() on
     `images` [(name, RGB uint8)]. Written to a temporary folder first and moved into place,
     so an interrupted export leaves nothing half-written. Returns the card."""
     from mrcnn import export as mrcnn_export
-    output_dir = pathlib.Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise UserError(f"--output {output_dir}: exists and is not a folder")
-    if output_dir.is_dir() and any(output_dir.iterdir()) and not overwrite:
-        raise UserError(f"--output {output_dir}: folder exists and is not empty (choose another folder)")
+    output_dir = check_output_dir(output_dir, overwrite)
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = pathlib.Path(tempfile.mkdtemp(dir=output_dir.parent, prefix=f".{output_dir.name}.export-"))
     try:
@@ -256,6 +263,7 @@ def run(args, config, overrides=()):
     if config.IMAGE_RESIZE_MODE not in ("square", "pad64", "none"):
         raise UserError(f"IMAGE_RESIZE_MODE={config.IMAGE_RESIZE_MODE!r} cannot be exported "
                         "(use square, pad64 or none)")
+    check_output_dir(args.output, bool(getattr(args, "overwrite", False)))  # before any model work
     synthetic = args.dataset == "synthetic"
     weights = runs.resolve_weights(args.weights, "export", synthetic, args.task, args.logs)
     if isinstance(weights, pathlib.Path) and weights.is_dir():

@@ -269,7 +269,13 @@ def export_saved_model(model, directory, extra_outputs=None):
     # The tf.Variables behind the Keras variables: the functions capture exactly these.
     module.model_variables = [v.value for v in model.keras_model.weights]
     signatures = {SIGNATURE_IMAGE: serve.get_concrete_function(), SIGNATURE_BYTES: serve_bytes.get_concrete_function()}
-    tf.saved_model.save(module, str(directory), signatures=signatures)
+    absl_log = logging.getLogger("absl")  # one INFO line per renamed captured input: thousands
+    level = absl_log.level
+    absl_log.setLevel(max(level, logging.WARNING))
+    try:
+        tf.saved_model.save(module, str(directory), signatures=signatures)
+    finally:
+        absl_log.setLevel(level)
 
 
 # --- Reading an export back ---------------------------------------------------------------
