@@ -266,8 +266,6 @@ def run(args, config, overrides=()):
     check_output_dir(args.output, bool(getattr(args, "overwrite", False)))  # before any model work
     synthetic = args.dataset == "synthetic"
     weights = runs.resolve_weights(args.weights, "export", synthetic, args.task, args.logs)
-    if isinstance(weights, pathlib.Path) and weights.is_dir():
-        raise UserError(f"--weights {weights}: already an exported model; export from an .h5 checkpoint")
     config = runs.run_config_for(weights, config, overrides)
     config = type(config).from_dict(dict(config.to_dict(), IMAGES_PER_GPU=1, GPU_COUNT=1))  # one image per call
     model = runs.load_inference_model(config, weights, args.logs)

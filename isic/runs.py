@@ -56,7 +56,10 @@ def resolve_weights(choice, mode, synthetic, task, logs_dir):
         return find_last_checkpoint(logs_dir, task)
     path = pathlib.Path(choice).expanduser()
     if path.is_dir() and is_exported_model(path):
-        return path
+        if mode in ("predict", "investigate"):
+            return path
+        raise UserError(f"--weights {choice}: an exported model (SavedModel) can only predict or investigate; "
+                        f"--mode {mode} needs an .h5 checkpoint (the card names its source_checkpoint)")
     if not path.is_file():
         raise UserError(f"--weights {choice}: no such file (expected coco, imagenet, last, none, "
                         f"a path to an .h5 weights file or a folder written by --mode export)")
