@@ -1,7 +1,6 @@
 """Export mode (issue 15): the SavedModel runs in a TensorFlow-only process and agrees with
 detect() on the same weights; the in-graph molding matches the NumPy code; the card and
 `--mode predict --weights DIR` work."""
-import io
 import json
 import os
 import pathlib
