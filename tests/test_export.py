@@ -245,8 +245,8 @@ def test_export_cli_errors_leave_nothing_behind(tmp_path, capsys):
         isic_export.export_model(model, "segmentation", busy, weights, [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "w.h5"]
     assert (busy / "keep.txt").read_text() == "mine"
-    # The CLI refuses the busy folder before it builds a model (the weights file is not even read).
-    assert lesions.main(["--mode", "export", "--dataset", "synthetic", "--weights", str(weights),
+    # The CLI refuses the busy folder before it builds a model.
+    assert lesions.main(["--mode", "export", "--dataset", "synthetic", "--weights", "none",
                          "--output", str(busy)]) == 2
     assert "not empty" in capsys.readouterr().err
 
