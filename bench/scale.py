@@ -13,7 +13,7 @@ Prints a Markdown table:
   test-time flips (TASK1_TTA_FLIPS) on the network's lesion mask of each image (the ground truth
   mask, shifted, when the network finds nothing there); target <= 3 s each;
 - the training-feed rows (images/s uncached, cached, and from 512x512 sources) through
-  `training_feed_rows` (see there);
+  `training_feed_rows` (bench/feed_rate.py: full-size sources uncached and cached, and 512x512);
 - the machine's bare ResNet-50 training step at 512 px (bench/speed.py's measure) beside the timings.
 
 The set: `--unique` images generated once as `python -m isic.synthetic DATA/generated --count 10
@@ -64,7 +64,7 @@ def ensure_full_size_set(data, unique, count):
     target = data / f"set_{count}"
     for n in range(count):
         source_id, new_id = sources[n % len(sources)].stem, f"ISIC_{9000000 + n:07d}"
-        for folder, name in zip(folders, (f"{{}}.jpg", layout.segmentation_name("{}"))):
+        for folder, name in zip(folders, ("{}.jpg", layout.segmentation_name("{}"))):
             link = target / folder / name.format(new_id)
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +169,7 @@ def refinement_rows(data, weights, count):
                      "jaccard_mask": round(j(network), 4), "jaccard_grabcut": round(j(refined), 4),
                      "jaccard_flips": round(j(voted), 4)})
         print(f"refinement {rows[-1]}", file=sys.stderr, flush=True)
-        del image, truth, result, network, refined, voted
+        del image, result, network, refined, voted
     return rows
 
 
@@ -243,12 +243,11 @@ def real_refinement_rows(real, weights, masks="network"):
     return rows
 
 
-def training_feed_rows(data):
-    """TRAINING-FEED ROWS (issue 12): images/s of the training feed from full-size sources
-    uncached and cached, and from 512x512 sources. The decoded-image cache and its
-    measurement come from another change; wire its function in here. Returns a list of
-    {"source", "images_per_s"} rows; empty until then."""
-    return []
+def training_feed_rows(count):
+    """The training feed's images/s from full-size sources uncached and cached, next to 512x512
+    sources (bench/feed_rate.py: generates its own sources, starts with a cold cache)."""
+    import feed_rate
+    return feed_rate.feed_rates(count=count, backbone_step=False)
 
 
 def bare_backbone_step_s():
@@ -291,11 +290,9 @@ def markdown(report):
                       "refinement s/image (median) |", "|---|---|---|---|---|"]
         lines += [f"| {r['variant']} | {r['images']} | {r['threshold_jaccard']:.4f} | {r['jaccard']:.4f} | "
                   f"{'' if r['median_s'] is None else r['median_s']} |" for r in report["real"]]
-    if report["training_feed"]:
-        lines += ["", "| training feed source | images/s |", "|---|---|"]
-        lines += [f"| {r['source']} | {r['images_per_s']} |" for r in report["training_feed"]]
-    else:
-        lines += ["", "training feed: not measured here yet (training_feed_rows)"]
+    if report.get("training_feed"):
+        import feed_rate
+        lines += ["", feed_rate.markdown(report["training_feed"])]
     return "\n".join(lines)
 
 
@@ -310,6 +307,8 @@ def main(argv=None):
     parser.add_argument("--detections", type=int, default=0,
                         help="memory runs: report this many detections per image whatever the scores "
                              "(for checkpoints that find nothing on generated images; default: as trained)")
+    parser.add_argument("--feed-images", type=int, default=12,
+                        help="images per source size for the training-feed rows (0: skip)")
     parser.add_argument("--refine-images", type=int, default=3, help="images timed for refinement (0: skip)")
     parser.add_argument("--modes", nargs="*", default=["investigate", "predict"],
                         help="lesions.py modes whose memory is measured (none: skip)")
@@ -337,7 +336,8 @@ def main(argv=None):
         report["memory"] = memory_rows(data, weights, (args.small, args.large), pathlib.Path(work), args.modes,
                                        args.detections)
     report["refinement"] = refinement_rows(data, weights, args.refine_images) if args.refine_images else []
-    report["training_feed"] = training_feed_rows(data)  # TRAINING-FEED ROWS: see training_feed_rows
+    if args.feed_images:
+        report["training_feed"] = training_feed_rows(args.feed_images)
     report["real"] = real_refinement_rows(pathlib.Path(args.real).resolve(), weights, args.real_masks) if args.real else []
     print(markdown(report))
     if args.output:
