@@ -14,6 +14,7 @@ import time
 
 from isic import runs
 from isic.errors import UserError
+from mrcnn import layer_sets
 
 log = logging.getLogger(__name__)
 
@@ -22,17 +23,25 @@ AUGMENTATION_TASKS = {"segmentation": "task1", "attributes": "task2", "classific
 
 
 def schedule_for(config, epochs=None, layers=None):
-    """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when
-    --layers is given; --epochs moves the last stage's end (and cuts earlier ones)."""
+    """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when --layers
+    is given. --epochs ends training there: the stage it falls in is cut short and later
+    stages are dropped (logged), or the last stage runs on when it is beyond the schedule."""
     stages = [(str(s[0]), int(s[1]), float(s[2])) for s in config.SCHEDULE]
     if layers:
         stages = [(layers, stages[-1][1], stages[-1][2])]
-    if epochs is not None:
-        if epochs < 1:
-            raise UserError(f"--epochs must be >= 1, got {epochs}")
-        stages = [(l, min(e, epochs), lr) for l, e, lr in stages[:-1] if e < epochs] + \
-                 [(stages[-1][0], epochs, stages[-1][2])]
-    return stages
+    if epochs is None:
+        return stages
+    if epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {epochs}")
+    cut = next((n for n, (_, end, _) in enumerate(stages) if end >= epochs), len(stages) - 1)
+    name, end, learning_rate = stages[cut]
+    if cut < len(stages) - 1:
+        dropped = ", ".join(f"{later} to epoch {e}" for later, e, _ in stages[cut + 1:])
+        log.warning("--epochs %d ends stage %d (%s to epoch %d) at epoch %d and skips the later stage(s): %s",
+                    epochs, cut + 1, name, end, epochs, dropped)
+    elif end != epochs:
+        log.info("--epochs %d: the last stage (%s) runs to epoch %d instead of %d", epochs, name, epochs, end)
+    return stages[:cut] + [(name, epochs, learning_rate)]
 
 
 # Epoch cap of a stage under a time budget: the clock, not the count, ends it.
@@ -80,6 +89,8 @@ def run(args, config):
     stages = schedule_for(config, args.epochs, args.layers)
 
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
+    for layers, _, _ in stages:  # a selection that trains nothing fails now, before anything is written
+        layer_sets.check_matches(model.keras_model, layers)
     load_start_weights(model, weights, config)
     augmentation = None
     if config.AUGMENTATION in ("default", "geometric"):
