@@ -12,7 +12,9 @@ detect: for each config set (task1: lesions.SegmentationConfig; coco: Matterport
   softened, threshold at the few-th score).
 train: s/step at 512 for each backbone and batch (the Task 1 config, synthetic lesion files
   through the real feed and augmentation), the bare ResNet-50 training step in the same
-  process, their ratio.
+  process, their ratio; and the quick start's config (lesions.py --dataset synthetic:
+  resnet18, 256 px, batch 2) beside the training step of its bare ResNet-18 backbone at the
+  same size and batch.
 data: the training feed alone in images/s (threads and processes), and its ratio to what
   the measured training steps consume.
 export: the Task 1 model exported as a SavedModel (isic.export) and timed, in one subprocess,
@@ -22,7 +24,7 @@ export: the Task 1 model exported as a SavedModel (isic.export) and timed, in on
 usage: python bench/speed.py [--only detect train data export] [--sets task1 coco]
                              [--backbones resnet50 resnet101] [--sizes 512 1024]
                              [--repeats 5] [--few 3] [--batches 1 2] [--steps 5]
-                             [--json bench/speed.json]
+                             [--no-synthetic] [--json bench/speed.json]
 Random weights: detection counts depend on them (reported per row).
 """
 import argparse
@@ -215,7 +217,7 @@ def lesion_files(folder, count=8):
     return dataset
 
 
-def model_step(backbone, batch, dataset, warmup, steps, logs):
+def model_step(backbone, batch, dataset, warmup, steps, logs, config=None):
     import keras
     from mrcnn.augment import default_augmentation
     from mrcnn.model import MaskRCNN
@@ -232,7 +234,7 @@ def model_step(backbone, batch, dataset, warmup, steps, logs):
             self.times.append(time.perf_counter() - self._start)
 
     keras.backend.clear_session()
-    config = train_config(backbone, batch, warmup + steps)
+    config = config or train_config(backbone, batch, warmup + steps)
     model = MaskRCNN("training", config, logs)
     timer = StepTimer()
     model.train(dataset, dataset, learning_rate=0.001, epochs=1, layers="all", verbose=0,
@@ -243,16 +245,19 @@ def model_step(backbone, batch, dataset, warmup, steps, logs):
             "config": config_summary(config)}
 
 
-def bare_resnet50_step(batch, warmup, steps):
-    """ResNet-50 backbone (BatchNorm frozen, as in Mask R-CNN) with a mean-of-C5 loss, SGD."""
+def bare_resnet50_step(batch, warmup, steps, config=None):
+    """ResNet-50 backbone (BatchNorm frozen, as in Mask R-CNN) with a mean-of-C5 loss, SGD;
+    or the backbone of `config` (its BACKBONE, TRAIN_BN and image size)."""
     import keras
     import tensorflow as tf
     from mrcnn.backbone import backbone_model
 
     keras.backend.clear_session()
-    model = backbone_model(train_config("resnet50", batch, 1), (TRAIN_SIZE, TRAIN_SIZE, 3))
+    config = config or train_config("resnet50", batch, 1)
+    size = int(config.IMAGE_SHAPE[0])
+    model = backbone_model(config, (size, size, 3))
     optimizer = keras.optimizers.SGD(0.001, momentum=0.9)
-    images = tf.random.uniform((batch, TRAIN_SIZE, TRAIN_SIZE, 3), -100, 100)
+    images = tf.random.uniform((batch, size, size, 3), -100, 100)
 
     @tf.function
     def step(x):
@@ -278,7 +283,24 @@ def run_train(args, dataset, logs):
         row["bare_resnet50_step_s"] = bare[row["batch"]]
         row["ratio"] = round(row["step_s"] / bare[row["batch"]], 2)
         row["images_per_s"] = round(row["batch"] / row["step_s"], 3)
+    if args.synthetic:
+        rows.append(synthetic_row(dataset, args, logs))
     return rows
+
+
+def synthetic_row(dataset, args, logs):
+    """The quick start's config (lesions.py --dataset synthetic) and its bare backbone, same size and batch."""
+    import lesions
+    print("train: synthetic quick-start config ...", file=sys.stderr, flush=True)
+    config = lesions.make_config("segmentation", synthetic=True,
+                                 overrides={"STEPS_PER_EPOCH": args.warmup + args.steps, "VALIDATION_STEPS": 1}.items())
+    row = model_step(config.BACKBONE, config.BATCH_SIZE, dataset, args.warmup, args.steps, logs, config=config)
+    row["synthetic"] = True
+    row["size"] = int(config.IMAGE_SHAPE[0])
+    row["bare_backbone_step_s"] = bare_resnet50_step(config.BATCH_SIZE, args.warmup, args.steps, config=config)
+    row["ratio"] = round(row["step_s"] / row["bare_backbone_step_s"], 2)
+    row["images_per_s"] = round(row["batch"] / row["step_s"], 3)
+    return row
 
 
 # --- data ----------------------------------------------------------------------------------
@@ -413,15 +435,22 @@ def markdown(out, args):
                   f"{c['TRAIN_ROIS_PER_IMAGE']}; median of {args.steps} steps after {args.warmup}", "",
                   "| backbone | batch | s/step | first step s | bare ResNet-50 step s | ratio | images/s |",
                   "|---|---|---|---|---|---|---|"]
-        for r in out["train"]:
+        for r in (r for r in out["train"] if not r.get("synthetic")):
             lines.append(f"| {r['backbone']} | {r['batch']} | {r['step_s']:.3f} | {r['first_step_s']:.1f} | "
                          f"{r['bare_resnet50_step_s']:.3f} | {r['ratio']:.2f} | {r['images_per_s']:.3f} |")
+        for r in (r for r in out["train"] if r.get("synthetic")):
+            lines += ["", f"Quick-start config (lesions.py --dataset synthetic): {r['backbone']}, {r['size']} px, "
+                      f"TRAIN_ROIS_PER_IMAGE {r['config']['TRAIN_ROIS_PER_IMAGE']}", "",
+                      f"| backbone | batch | s/step | first step s | bare {r['backbone']} step s | ratio | images/s |",
+                      "|---|---|---|---|---|---|---|",
+                      f"| {r['backbone']} | {r['batch']} | {r['step_s']:.3f} | {r['first_step_s']:.1f} | "
+                      f"{r['bare_backbone_step_s']:.3f} | {r['ratio']:.2f} | {r['images_per_s']:.3f} |"]
         lines.append("train_step tracings per run (1-2 means compiled once): "
                      + ", ".join(str(r["train_function_traces"]) for r in out["train"]))
         lines.append("")
     if out.get("data"):
         lines += ["Data pipeline alone, images/s: " + ", ".join(f"{k}: {v}" for k, v in out["data"].items())]
-        for r in out.get("train", []):
+        for r in (r for r in out.get("train", []) if not r.get("synthetic")):
             lines.append(f"- vs {r['backbone']} batch {r['batch']} training ({r['images_per_s']} images/s): "
                          f"{out['data']['threads=2'] / r['images_per_s']:.1f}x (2 threads)")
     if out.get("export"):
@@ -450,6 +479,8 @@ def main(argv=None):
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 2], help="training batch sizes")
     parser.add_argument("--warmup", type=int, default=2, help="training steps before timing")
     parser.add_argument("--steps", type=int, default=5, help="timed training steps")
+    parser.add_argument("--no-synthetic", dest="synthetic", action="store_false",
+                        help="train: skip the quick-start config row")
     parser.add_argument("--data-batches", type=int, default=12, help="batches of 2 for the data pipeline")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "speed.json"))
     parser.add_argument("--detect-worker", help=argparse.SUPPRESS)

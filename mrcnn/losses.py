@@ -1,7 +1,8 @@
 """The five Mask R-CNN training losses (Matterport's definitions) and its L2 weight decay.
 
 Plain TensorFlow functions. Every loss computes in float32 whatever the input dtype
-(mixed precision feeds float16/bfloat16 logits), returns a float32 scalar, and returns 0
+(mixed precision feeds float16/bfloat16 logits), from logits where the model has them (the
+class losses always, the mask loss in the training graph), returns a float32 scalar, and returns 0
 rather than NaN when nothing contributes (no positive anchors or ROIs).
 """
 import tensorflow as tf
@@ -96,13 +97,16 @@ def mrcnn_bbox_loss_graph(target_bbox, target_class_ids, pred_bbox):
     return _mean_or_zero(smooth_l1_loss(target, pred))
 
 
-def mrcnn_mask_loss_graph(target_masks, target_class_ids, pred_masks, epsilon=1e-7):
+def mrcnn_mask_loss_graph(target_masks, target_class_ids, pred_masks, epsilon=1e-7, from_logits=False):
     """Binary cross-entropy between the mask of the ROI's class and its target, positive
     ROIs only.
 
     target_masks: [batch, num_rois, height, width] of 0/1.
     target_class_ids: [batch, num_rois].
-    pred_masks: [batch, num_rois, height, width, num_classes] probabilities in [0, 1].
+    pred_masks: [batch, num_rois, height, width, num_classes]: probabilities in [0, 1]
+        (Matterport's definition: clipped to [epsilon, 1 - epsilon], then logged), or logits
+        when from_logits (what the training graph passes: the cross-entropy is then exact in
+        float32 and keeps its gradient at any logit, whatever precision the head ran in).
     """
     target_class_ids = tf.reshape(tf.cast(target_class_ids, tf.int64), [-1])
     target_masks = _f32(target_masks)
@@ -110,13 +114,18 @@ def mrcnn_mask_loss_graph(target_masks, target_class_ids, pred_masks, epsilon=1e
     target_masks = tf.reshape(target_masks, [-1, mask_shape[2], mask_shape[3]])  # [N, h, w]
     pred_masks = _f32(pred_masks)
     pred_shape = tf.shape(pred_masks)
-    pred_masks = tf.reshape(pred_masks, [-1, pred_shape[2], pred_shape[3], pred_shape[4]])
-    pred_masks = tf.transpose(pred_masks, [0, 3, 1, 2])  # [N, classes, h, w]
+    pred_masks = tf.reshape(pred_masks, [-1, pred_shape[2], pred_shape[3], pred_shape[4]])  # [N, h, w, classes]
     positive_ix = tf.where(target_class_ids > 0)[:, 0]
-    indices = tf.stack([positive_ix, tf.gather(target_class_ids, positive_ix)], axis=1)
-    y_true = tf.gather(target_masks, positive_ix)
-    y_pred = tf.clip_by_value(tf.gather_nd(pred_masks, indices), epsilon, 1.0 - epsilon)
-    bce = -(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
+    # [n, (roi, class)]: the mask of each positive ROI's own class, gathered without
+    # transposing every class's mask first
+    y_true = tf.gather(target_masks, positive_ix)  # [n, h, w]
+    y_pred = tf.gather(tf.gather(pred_masks, positive_ix), tf.gather(target_class_ids, positive_ix),
+                       axis=3, batch_dims=1)  # [n, h, w]
+    if from_logits:
+        bce = tf.nn.sigmoid_cross_entropy_with_logits(labels=y_true, logits=y_pred)
+    else:
+        y_pred = tf.clip_by_value(y_pred, epsilon, 1.0 - epsilon)
+        bce = -(y_true * tf.math.log(y_pred) + (1.0 - y_true) * tf.math.log(1.0 - y_pred))
     return _mean_or_zero(bce)
 
 

@@ -166,8 +166,9 @@ def build_training_graph(model, config, trunk):
     mask_rois = LeadingRois(positive_slots, name="mask_rois")(rois)
     mask_class_ids = LeadingRois(positive_slots, name="mask_target_class_ids")(target_class_ids)
     mask_targets = LeadingRois(positive_slots, name="mask_targets")(target_mask)
-    mrcnn_mask = build_fpn_mask_graph(mask_rois, feature_maps, image_meta, config.MASK_POOL_SIZE,
-                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN)
+    # mrcnn_mask: probabilities (the model's output); mask_logits: the same layer's logits, for the loss
+    mrcnn_mask, mask_logits = build_fpn_mask_graph(mask_rois, feature_maps, image_meta, config.MASK_POOL_SIZE,
+                                                   config.NUM_CLASSES, train_bn=config.TRAIN_BN, return_logits=True)
     output_rois = StopGradient(name="output_rois")(rois)
 
     rpn_class_loss = LossLayer(L.rpn_class_loss_graph, name="rpn_class_loss")(
@@ -177,7 +178,8 @@ def build_training_graph(model, config, trunk):
     class_loss = LossLayer(L.mrcnn_class_loss_graph, name="mrcnn_class_loss")(
         [target_class_ids, mrcnn_class_logits, active_class_ids])
     bbox_loss = LossLayer(L.mrcnn_bbox_loss_graph, name="mrcnn_bbox_loss")([target_bbox, target_class_ids, mrcnn_bbox])
-    mask_loss = LossLayer(L.mrcnn_mask_loss_graph, name="mrcnn_mask_loss")([mask_targets, mask_class_ids, mrcnn_mask])
+    mask_loss = LossLayer(lambda *a: L.mrcnn_mask_loss_graph(*a, from_logits=True), name="mrcnn_mask_loss")(
+        [mask_targets, mask_class_ids, mask_logits])
 
     inputs = [input_image, image_meta, input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes,
               input_gt_masks]
