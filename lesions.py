@@ -64,6 +64,10 @@ class ISICConfig(Config):
     # full-resolution refinement of the lesion mask: "none", "fill" or "grabcut".
     TASK1_TTA_FLIPS = False
     TASK1_MASK_REFINEMENT = "none"
+    # Seed of the train/val split (and of the generated synthetic images), apart from SEED
+    # (initialisation, augmentation, batch order): trainings with different SEEDs validate on
+    # the same images. A run records it in split.json; investigate reuses the run's own.
+    SPLIT_SEED = 42
 
     def validate(self):
         super().validate()
@@ -72,6 +76,8 @@ class ISICConfig(Config):
                               f"expected one of {TASK1_REFINEMENTS}")
         if self.AUGMENTATION not in ("default", "geometric", "none"):
             raise ConfigError(f"Config.AUGMENTATION={self.AUGMENTATION!r}: expected default, geometric or none")
+        if not isinstance(self.SPLIT_SEED, int) or isinstance(self.SPLIT_SEED, bool) or self.SPLIT_SEED < 0:
+            raise ConfigError(f"Config.SPLIT_SEED={self.SPLIT_SEED!r}: expected a non-negative integer")
         if not isinstance(self.TASK1_TTA_FLIPS, bool):
             raise ConfigError(f"Config.TASK1_TTA_FLIPS={self.TASK1_TTA_FLIPS!r}: expected true or false")
 
@@ -145,9 +151,10 @@ def parse_override(text):
 def make_config(task, synthetic=False, overrides=(), inference=False):
     """The task's Config with the synthetic CPU values (when asked) and user overrides applied."""
     values = dict(SYNTHETIC_CPU_OVERRIDES) if synthetic else {}
+    if inference:
+        values.update(IMAGES_PER_GPU=1, GPU_COUNT=1)  # one image per detect() call unless --set says otherwise
     values.update(dict(overrides))
     if inference:
-        values.setdefault("IMAGES_PER_GPU", 1)
         values["GPU_COUNT"] = 1
     return TASK_CONFIGS[task](**values)
 
@@ -189,7 +196,10 @@ def build_parser():
     parser.add_argument("--steps-per-epoch", type=int, help="train: steps per epoch")
     parser.add_argument("--layers", help="train: heads, 3+, 4+, 5+, all or a regex (one stage)")
     parser.add_argument("--limit", type=int, help="use at most N images of the dataset")
-    parser.add_argument("--seed", type=int, help="seed for the split, augmentation and synthetic data")
+    parser.add_argument("--seed", type=int, help="train: seed for initialisation, augmentation and batch order")
+    parser.add_argument("--split-seed", type=int,
+                        help="seed of the train/val split and of the synthetic images (Config.SPLIT_SEED, default "
+                             "42); investigate uses the run's own and refuses another unless --subset all")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any Config value, e.g. --set IMAGE_MAX_DIM=1024 "
                              "--set 'RPN_ANCHOR_SCALES=[16,32,64,128,256]' (repeatable)")
@@ -232,6 +242,8 @@ def run(args):
     overrides = [parse_override(o) for o in args.overrides]
     if args.seed is not None:
         overrides.append(("SEED", args.seed))
+    if args.split_seed is not None:
+        overrides.append(("SPLIT_SEED", args.split_seed))
     if args.steps_per_epoch is not None:
         overrides.append(("STEPS_PER_EPOCH", args.steps_per_epoch))
     if args.mode == "train":

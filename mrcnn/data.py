@@ -34,7 +34,8 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
     augmentation: an albumentations transform or imgaug augmenter applied to the resized
         image and masks together, before the boxes are taken from the masks.
     use_mini_mask: return masks cropped to their boxes and resized to MINI_MASK_SHAPE.
-    rng: np.random.Generator seeding the augmentation; None uses the augmenter's own state.
+    rng: np.random.Generator placing the crop (IMAGE_RESIZE_MODE "crop") and seeding the
+        augmentation; None uses Python's `random` and the augmenter's own state.
     Returns:
         image: [H, W, C] uint8 (resized and padded per IMAGE_RESIZE_MODE).
         image_meta: [IMAGE_META_SIZE] (molding.compose_image_meta layout).
@@ -48,7 +49,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
     original_shape = image.shape
     image, window, scale, padding, crop = utils.resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
     mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
 
     if augmentation is not None:

@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -44,6 +45,10 @@ TRAINING_OUTPUTS = ("rpn_class_logits", "rpn_class", "rpn_bbox", "mrcnn_class_lo
                     "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "output_rois") + LOSS_NAMES
 HISTORY_CSV = "history.csv"
 DEFAULT_WORKERS = 2
+
+
+class LayerSelectionError(ValueError):
+    """`layers` is not a valid regular expression or selects no layer with weights."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -435,7 +440,13 @@ def compile_model(model, learning_rate, layers):
     dynamic loss scaling. Recompiling retraces train_step for the new trainable set."""
     config = model.config
     keras_model = model.keras_model
-    set_trainable(keras_model, layer_regex(layers))
+    try:
+        trainable = set_trainable(keras_model, layer_regex(layers))
+    except re.error as e:
+        raise LayerSelectionError(f"layers={layers!r} is not a valid regular expression ({e})") from e
+    if not trainable:
+        raise LayerSelectionError(f"layers={layers!r} selects no layer with weights; use heads, 3+, 4+, 5+, "
+                                  f"all or a regular expression matching whole layer names")
     with keras_model.distribute_strategy.scope():
         clip = config.GRADIENT_CLIP_NORM
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.LEARNING_MOMENTUM,
@@ -468,8 +479,9 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
         return None
     train_feed, val_feed = make_feeds(model, train_dataset, val_dataset, augmentation, workers,
                                       use_multiprocessing)
-    os.makedirs(model.log_dir, exist_ok=True)
-    config.save(os.path.join(model.log_dir, "config.json"))
+    # Everything that can refuse the request runs before the run folder exists.
+    keras_model = compile_model(model, learning_rate, layers)
+    new_run = model.open_log_dir()
 
     guard = NonFiniteGuard()
     checkpoint = EpochCheckpoint(model.checkpoint_path, guard)
@@ -479,13 +491,17 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     callbacks += list(custom_callbacks or [])
 
     log.info("Starting at epoch %d, LR=%s; checkpoints: %s", model.epoch, learning_rate, model.checkpoint_path)
-    keras_model = compile_model(model, learning_rate, layers)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
-                              steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
-                              validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,
-                              verbose=verbose)
+    try:
+        history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
+                                  steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
+                                  validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,
+                                  verbose=verbose)
+    except BaseException:
+        if new_run and checkpoint.last_saved is None:
+            _remove_empty_run(model)
+        raise
     stats = train_feed.stats()
     log.info("Training data: %d images without instances served, %d skipped, %d failed to load, %d truncated",
              stats["empty_served"], stats["empty_skipped"], stats["failed"], stats["truncated"])
@@ -499,6 +515,14 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     # A callback (time budget) may stop before `epochs`: continue from the last epoch run.
     model.epoch = max(model.epoch, history.epoch[-1] + 1 if history.epoch else model.epoch)
     return history
+
+
+def _remove_empty_run(model):
+    """A run that failed before its first checkpoint leaves no folder that `--weights last`
+    would have to pass over (the folder was created by this training, so all of it is ours)."""
+    log.info("Removing %s: training stopped before its first checkpoint", model.log_dir)
+    shutil.rmtree(model.log_dir, ignore_errors=True)
+    model._resuming_run = False
 
 
 def _last_checkpoint_or_none(model):

@@ -296,7 +296,7 @@ def resize(image, output_shape, order=1, mode="constant", cval=0, clip=True,
 RESIZE_MODES = ("none", "square", "pad64", "crop")
 
 
-def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square"):
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
     """Resize an image keeping its aspect ratio, then pad or crop it (Matterport's modes).
 
     image: [H, W, C]. min_dim: scale up (never down) so the short side reaches it.
@@ -308,7 +308,8 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
       "pad64":  resize (min_dim/min_scale only), then zero-pad each side up to a
                 multiple of 64 (the FPN's total stride). max_dim is ignored.
       "crop":   resize (min_dim/min_scale only), then take a random min_dim x min_dim crop
-                (uses Python's `random`; training only).
+                (training only), placed by `rng` (a np.random.Generator; None: Python's
+                `random`, as Matterport).
     Returns:
       image: resized image, same dtype as the input (values are truncated, not rounded).
       window: (y1, x1, y2, x2) of the image inside the padded result; y2, x2 exclusive.
@@ -366,8 +367,10 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
     else:  # crop
         if h < min_dim or w < min_dim:
             raise ValueError(f"resize_image: a {h}x{w} image cannot be cropped to {min_dim}x{min_dim}")
-        y = random.randint(0, h - min_dim)
-        x = random.randint(0, w - min_dim)
+        if rng is None:
+            y, x = random.randint(0, h - min_dim), random.randint(0, w - min_dim)
+        else:
+            y, x = (int(v) for v in rng.integers(0, [h - min_dim + 1, w - min_dim + 1]))
         crop = (y, x, min_dim, min_dim)
         image = image[y:y + min_dim, x:x + min_dim]
         window = (0, 0, min_dim, min_dim)
