@@ -206,17 +206,20 @@ def test_one_finder_for_the_last_checkpoint(tmp_path):
         run_dirs.find_last(tmp_path / "nothing", "seg")
 
 
-def test_resume_continues_the_run_and_appends(data, tmp_path):
-    logs = tmp_path / "logs"
-    result = cli(*train_args(data, logs, "--weights", "none"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run_dir,) = logs.iterdir()
+def test_resume_continues_the_run_and_appends(data, first_run):
+    """Training from the run's own checkpoint continues its folder: history.csv gets one more
+    row, config.json stays as the run wrote it (even with a changed setting), no new folder."""
+    logs, run_dir = first_run
+    folders = sorted(p.name for p in logs.iterdir())
     config_bytes = (run_dir / "config.json").read_bytes()
+    split_bytes = (run_dir / "split.json").read_bytes()
     history = (run_dir / "history.csv").read_text()
-    result = cli(*train_args(data, logs, "--weights", run_dir / "mask_rcnn_segmentation_0001.h5", epochs=2))
+    result = cli(*train_args(data, logs, "--weights", run_dir / "mask_rcnn_segmentation_0001.h5", "--seed", 7,
+                             "--set", "VALIDATION_STEPS=2", epochs=2))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert list(logs.iterdir()) == [run_dir]
+    assert sorted(p.name for p in logs.iterdir()) == folders
     assert (run_dir / "config.json").read_bytes() == config_bytes
+    assert (run_dir / "split.json").read_bytes() == split_bytes
     now = (run_dir / "history.csv").read_text()
     assert now.startswith(history) and len(now.splitlines()) == len(history.splitlines()) + 1
     assert (run_dir / "mask_rcnn_segmentation_0002.h5").is_file()
