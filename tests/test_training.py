@@ -330,7 +330,7 @@ def test_kill_mid_epoch_and_resume_with_weights_last(synthetic_folder, tmp_path)
     assert report is not None
 
     out = subprocess.run(cli_train(synthetic_folder, logs, "--weights", "last", epochs=done + 2), cwd=ROOT,
-                         env=env, capture_output=True, text=True, timeout=300)
+                         env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"Re-starting from epoch {done}" in out.stderr
     assert [p.name for p in logs.iterdir()] == [run_dir.name]
