@@ -9,6 +9,7 @@ This file only wires a task's Config and Dataset to a mode; the work lives in th
 `isic` and `mrcnn` packages (isic.training, isic.investigation, isic.prediction).
 """
 import argparse
+import ast
 import json
 import logging
 import os
@@ -19,9 +20,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-from isic import layout  # noqa: E402
+from isic import layout, preflight  # noqa: E402
 from isic.errors import UserError  # noqa: E402
-from mrcnn.config import Config, ConfigError  # noqa: E402
+from mrcnn import layer_sets  # noqa: E402
+from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATASET = ROOT / "isic2018"
@@ -71,15 +73,29 @@ class ISICConfig(Config):
 
     def validate(self):
         super().validate()
-        if self.TASK1_MASK_REFINEMENT not in TASK1_REFINEMENTS:
-            raise ConfigError(f"Config.TASK1_MASK_REFINEMENT={self.TASK1_MASK_REFINEMENT!r}: "
-                              f"expected one of {TASK1_REFINEMENTS}")
-        if self.AUGMENTATION not in ("default", "geometric", "none"):
-            raise ConfigError(f"Config.AUGMENTATION={self.AUGMENTATION!r}: expected default, geometric or none")
-        if not isinstance(self.SPLIT_SEED, int) or isinstance(self.SPLIT_SEED, bool) or self.SPLIT_SEED < 0:
-            raise ConfigError(f"Config.SPLIT_SEED={self.SPLIT_SEED!r}: expected a non-negative integer")
-        if not isinstance(self.TASK1_TTA_FLIPS, bool):
-            raise ConfigError(f"Config.TASK1_TTA_FLIPS={self.TASK1_TTA_FLIPS!r}: expected true or false")
+        need = self.require
+        need(self.TASK1_MASK_REFINEMENT in TASK1_REFINEMENTS, "TASK1_MASK_REFINEMENT",
+             f"expected one of {', '.join(TASK1_REFINEMENTS)}")
+        need(self.AUGMENTATION in ("default", "geometric", "none"), "AUGMENTATION",
+             "expected default, geometric or none")
+        need(isinstance(self.TASK1_TTA_FLIPS, bool), "TASK1_TTA_FLIPS", "expected true or false")
+        need(is_int(self.SPLIT_SEED) and self.SPLIT_SEED >= 0, "SPLIT_SEED", "expected a non-negative integer")
+        need(isinstance(self.SCHEDULE, (list, tuple)) and len(self.SCHEDULE) > 0, "SCHEDULE",
+             'expected a non-empty list of [layers, end epoch, learning rate] stages, e.g. [["heads", 10, 0.001]]')
+        previous_end = 0
+        for n, stage in enumerate(self.SCHEDULE, start=1):
+            need(isinstance(stage, (list, tuple)) and len(stage) == 3, "SCHEDULE",
+                 f'stage {n} is not [layers, end epoch, learning rate], e.g. ["heads", 10, 0.001]')
+            layers, end_epoch, learning_rate = stage
+            try:
+                layer_sets.layer_regex(layers)
+            except layer_sets.LayerSelectionError as e:
+                need(False, "SCHEDULE", f"stage {n}: {e}")
+            need(is_int(end_epoch) and end_epoch > previous_end, "SCHEDULE",
+                 f"stage {n}: the end epoch must be an integer above {previous_end} (epochs count up across stages)")
+            need(is_number(learning_rate) and learning_rate > 0, "SCHEDULE",
+                 f"stage {n}: the learning rate must be a number > 0")
+            previous_end = end_epoch
 
 
 class SegmentationConfig(ISICConfig):
@@ -137,14 +153,18 @@ SYNTHETIC_CPU_OVERRIDES = {
 
 
 def parse_override(text):
-    """'KEY=VALUE' with VALUE parsed as JSON when it is JSON (numbers, lists, null, true),
-    else kept as a string."""
+    """'KEY=VALUE' with VALUE parsed as JSON when it is JSON (numbers, lists, null, true), else
+    as a Python literal (True, None, tuples), else kept as a string; Config validates the type."""
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise UserError(f"--set expects KEY=VALUE, got {text!r}")
     try:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
+        pass
+    try:
+        return key.strip(), ast.literal_eval(value.strip())
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
         return key.strip(), value
 
 
@@ -189,6 +209,11 @@ def build_parser():
     parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it)")
     parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
                                          "folder of the weights)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="predict: redo images whose outputs are already in --output (by default "
+                             "they are kept, so an interrupted run continues)")
+    parser.add_argument("--full-size-overlays", action="store_true",
+                        help="predict: draw overlays at the image's size (default: long side at most 1024 px)")
     parser.add_argument("--epochs", type=int, help="train: total epochs (overrides the schedule's end)")
     parser.add_argument("--minutes", type=float,
                         help="train: wall-time budget; the schedule's stages get their share of it "
@@ -217,7 +242,8 @@ def main(argv=None):
         print("lesions.py: interrupted", file=sys.stderr)
         return 130
     except expected_errors() as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        message = preflight.weights_mismatch_message(e, args) or str(e).strip()
+        message = message.splitlines()[0] if message else type(e).__name__
         print(f"lesions.py: error: {message}", file=sys.stderr)
         return 2
 
@@ -226,8 +252,10 @@ def expected_errors():
     """Error types that mean bad input, not a bug: shown as one line, no traceback.
     Read from the modules already imported, so that an early error does not pay for
     importing TensorFlow just to name the types it cannot have raised."""
-    types = [UserError, ConfigError, FileNotFoundError, NotADirectoryError, PermissionError]
+    types = [UserError, ConfigError, layer_sets.LayerSelectionError, FileNotFoundError, NotADirectoryError,
+             PermissionError]
     for module, names in (("isic.datasets", ("DatasetError",)),
+                          ("mrcnn.weights_file", ("WeightsFormatError",)),
                           ("isic.metrics", ("MetricError",)),
                           ("isic.submission", ("SubmissionError",)),
                           ("mrcnn.download", ("DownloadError",)),
@@ -238,6 +266,7 @@ def expected_errors():
 
 
 def run(args):
+    preflight.check_args(args, TASK_CONFIGS[args.task])
     synthetic = args.dataset == "synthetic"
     overrides = [parse_override(o) for o in args.overrides]
     if args.seed is not None:

@@ -7,7 +7,6 @@ binary PNGs) are decoded fully and checked through their histogram.
 """
 import collections
 import concurrent.futures
-import csv
 import os
 import logging
 import pathlib
@@ -19,7 +18,7 @@ from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
-from isic import layout
+from isic import csvfiles, images, layout
 from mrcnn import utils
 
 log = logging.getLogger(__name__)
@@ -76,19 +75,25 @@ def split_ids(ids, groups=None, val_fraction=0.2, seed=42):
 
 
 def read_ham10000_metadata(path):
-    """{image_id: {"lesion_id": ..., "dx": ...}} from HAM10000_metadata.csv."""
+    """{image_id: {"lesion_id": ..., "dx": ...}} from HAM10000_metadata.csv (UTF-8, BOM accepted)."""
     path = pathlib.Path(path)
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = [c.strip() for c in (reader.fieldnames or [])]
-        for column in ("image_id", "lesion_id"):
-            if column not in fields:
-                raise DatasetError(f"{path}: missing column '{column}' "
-                                   f"(HAM10000 metadata needs image_id and lesion_id)")
-        meta = {}
-        for row in reader:
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            meta[row["image_id"]] = {"lesion_id": row["lesion_id"], "dx": row.get("dx") or None}
+    rows = csvfiles.read_rows(path, DatasetError)
+    fields = [c.strip() for c in rows[0]] if rows else []
+    for column in ("image_id", "lesion_id"):
+        if column not in fields:
+            spoiled = csvfiles.lookalike(column, fields)
+            hint = (f"; the header has {csvfiles.show_header_cell(spoiled)}, with invisible characters"
+                    if spoiled else "")
+            raise DatasetError(f"{path}: missing column '{column}' "
+                               f"(HAM10000 metadata needs image_id and lesion_id){hint}")
+    image_col, lesion_col = fields.index("image_id"), fields.index("lesion_id")
+    dx_col = fields.index("dx") if "dx" in fields else None
+    meta = {}
+    for row in rows[1:]:
+        if len(row) <= max(image_col, lesion_col):
+            continue
+        dx = row[dx_col].strip() if dx_col is not None and dx_col < len(row) else ""
+        meta[row[image_col].strip()] = {"lesion_id": row[lesion_col].strip(), "dx": dx or None}
     return meta
 
 
@@ -97,24 +102,15 @@ def read_ham10000_metadata(path):
 ############################################################
 
 def check_image(path):
-    """(height, width) of a readable image; raises _BadItem otherwise.
+    """(height, width) of an image `load_image` can read; raises _BadItem otherwise.
 
     JPEGs are decoded at 1/8 scale, which reads every entropy-coded block (so truncated
     or garbled files fail) at a fraction of a full decode's cost.
     """
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-            if im.format == "JPEG":
-                im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-            im.load()
-    except Image.UnidentifiedImageError:
-        raise _BadItem("not an image", f"{path} is not an image file PIL can read") from None
-    except _PIL_ERRORS as e:
-        raise _BadItem("corrupt image", f"{path} cannot be decoded ({e})") from None
-    if width < 1 or height < 1:
-        raise _BadItem("corrupt image", f"{path} has size {width}x{height}")
-    return height, width
+        return images.inspect_image(path, decode=True)
+    except images.ImageReadError as e:
+        raise _BadItem(e.kind, str(e)) from None
 
 
 def check_mask(path, height, width):
@@ -229,6 +225,7 @@ class ISICDataset(utils.Dataset):
         self.skipped = []
         self.missing_masks = []
         self.mask_fallback_ids = []
+        self.orphan_masks = []
         self.load_summary = {}
         self._skip_kinds = collections.Counter()
 
@@ -357,12 +354,10 @@ class ISICDataset(utils.Dataset):
     # --- Matterport API -------------------------------------------------------------
 
     def load_image(self, image_id):
-        """[H, W, 3] uint8 RGB (grayscale, palette and RGBA inputs converted).
-
-        EXIF orientation is deliberately ignored: masks are aligned to stored pixels.
-        """
-        with Image.open(self.image_info[image_id]["path"]) as im:
-            return np.array(im.convert("RGB"), dtype=np.uint8)
+        """[H, W, 3] uint8 RGB through `isic.images.read_rgb` (grey, palette and RGBA
+        converted; 16-bit scaled to 8 bits). EXIF orientation is ignored: masks are
+        aligned to stored pixels."""
+        return images.read_rgb(self.image_info[image_id]["path"])
 
     def image_reference(self, image_id):
         return self.image_info[image_id]["path"]
@@ -399,11 +394,28 @@ class _Task12Dataset(ISICDataset):
     def _input_dir(self, root, split):
         return root / layout.TASK12_INPUT_DIR.format(split=split)
 
+    def _gt_dir(self, root, split):
+        raise NotImplementedError
+
     def _candidates(self, root, split):
         found, odd = _scan_images(self._input_dir(root, split))
         for path, bad in odd:
             self._skip(path, bad)
+        self._warn_orphan_masks(self._gt_dir(root, split), self._input_dir(root, split),
+                                set(found) | {layout.isic_id(p.name) for p, _ in odd})
         return [(i, {"image_path": p}) for i, p in sorted(found.items())]
+
+    def _warn_orphan_masks(self, gt_dir, input_dir, image_ids, shown=10):
+        """Warn, naming each file, about ground-truth masks whose image is not in the input
+        folder: they are not used, which is rarely what was meant."""
+        self.orphan_masks = [p for p in sorted(gt_dir.glob("*.png"))
+                             if layout.isic_id(p.name) not in image_ids]
+        for path in self.orphan_masks[:shown]:
+            log.warning("Mask %s has no image %s.* in %s; it is not used", path,
+                        layout.isic_id(path.name) or path.stem, input_dir)
+        if len(self.orphan_masks) > shown:
+            log.warning("... and %d more masks without an image in %s", len(self.orphan_masks) - shown,
+                        gt_dir)
 
 
 class ISICSegmentationDataset(_Task12Dataset):
@@ -413,7 +425,15 @@ class ISICSegmentationDataset(_Task12Dataset):
 
     def _required_dirs(self, root, split):
         return [(self._input_dir(root, split), "the input images"),
-                (root / layout.TASK1_GT_DIR.format(split=split), "the lesion masks")]
+                (self._gt_dir(root, split), "the lesion masks")]
+
+    def _gt_dir(self, root, split):
+        return root / layout.TASK1_GT_DIR.format(split=split)
+
+    def _record(self, isic_id, extras):
+        if extras["mask_empty"]:
+            log.warning("Mask %s is all black (no lesion): the Task 1 score counts this image as "
+                        "Jaccard 0 against any prediction", extras["mask_path"])
 
     def _validate(self, isic_id, item):
         height, width = check_image(item["image_path"])
@@ -456,7 +476,10 @@ class ISICAttributesDataset(_Task12Dataset):
 
     def _required_dirs(self, root, split):
         return [(self._input_dir(root, split), "the input images"),
-                (root / layout.TASK2_GT_DIR.format(split=split), "the attribute masks")]
+                (self._gt_dir(root, split), "the attribute masks")]
+
+    def _gt_dir(self, root, split):
+        return root / layout.TASK2_GT_DIR.format(split=split)
 
     def _validate(self, isic_id, item):
         height, width = check_image(item["image_path"])
@@ -515,6 +538,14 @@ class ISICAttributesDataset(_Task12Dataset):
         return np.stack(masks, axis=-1), np.array(class_ids, np.int32)
 
 
+def _csv_label(values):
+    """A Task 3 row's diagnosis for messages: the class name of a one-hot row, else its values."""
+    if values is None:
+        return "(malformed row)"
+    ones = [name for name, v in zip(layout.DIAGNOSES, values) if v in ("1", "1.0")]
+    return ones[0] if len(ones) == 1 else ",".join(values)
+
+
 class ISICClassificationDataset(ISICDataset):
     """Task 3: one lesion instance per image carrying its diagnosis, class ids 1..7.
 
@@ -535,17 +566,22 @@ class ISICClassificationDataset(ISICDataset):
                 / layout.TASK3_GT_CSV.format(split=split))
 
     def _read_csv(self, path):
-        """{isic_id: (line number, [7 value strings] or None when the row is malformed)}."""
-        with open(path, newline="") as f:
-            rows = list(csv.reader(f))
+        """{isic_id: (line number, [7 value strings] or None when the row is malformed)}.
+
+        UTF-8 with or without a byte-order mark. A repeated id keeps its first row; the
+        repeat is skipped with a warning naming the file, both lines and, when they
+        disagree, both labels.
+        """
+        rows = csvfiles.read_rows(path, DatasetError)
         if not rows:
             raise DatasetError(f"{path} is empty; expected the header "
                                f"{','.join(layout.TASK3_CSV_HEADER)}")
         header = [c.strip() for c in rows[0]]
         for column in header:
             if column not in layout.TASK3_CSV_HEADER:
-                raise DatasetError(f"{path}: unknown column '{column}'; expected "
-                                   f"{','.join(layout.TASK3_CSV_HEADER)}")
+                invisible = "" if column.isprintable() else " (it holds invisible characters)"
+                raise DatasetError(f"{path}: unknown column {csvfiles.show_header_cell(column)}"
+                                   f"{invisible}; expected {','.join(layout.TASK3_CSV_HEADER)}")
         for column in layout.TASK3_CSV_HEADER:
             if column not in header:
                 raise DatasetError(f"{path}: missing column '{column}'; expected "
@@ -560,8 +596,15 @@ class ISICClassificationDataset(ISICDataset):
             isic_id = row[header.index("image")].strip() if len(row) == len(header) else row[0].strip()
             values = [row[c].strip() for c in columns] if len(row) == len(header) else None
             if isic_id in table:
-                self._skip(f"{path.name} line {number}",
-                           _BadItem("duplicate CSV row", f"{isic_id} already has a row"))
+                first, first_values = table[isic_id]
+                if values == first_values:
+                    bad = _BadItem("duplicate CSV row", f"{path} line {number}: {isic_id} repeats "
+                                   f"line {first}; the repeat is ignored")
+                else:
+                    bad = _BadItem("conflicting CSV rows", f"{path} line {number}: {isic_id} is "
+                                   f"labelled {_csv_label(values)} here but {_csv_label(first_values)} "
+                                   f"on line {first}; keeping line {first}")
+                self._skip(f"{path.name} line {number}", bad)
                 continue
             table[isic_id] = (number, values)
         return table

@@ -14,6 +14,7 @@ import pathlib
 import numpy as np
 
 from isic import layout, submission
+from isic.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,27 @@ def task_deliverable(task, result, image_shape):
     if task == "attributes":
         return attribute_masks(result, image_shape)
     return diagnosis_probabilities(result)
+
+
+def deliverable_paths(task, out_dir, image_id):
+    """The Task 1/2 submission files `write_deliverable` writes for one image (none for Task 3)."""
+    stem = submission.submission_stem(image_id)
+    if task == "segmentation":
+        return [pathlib.Path(out_dir) / layout.segmentation_name(stem)]
+    if task == "attributes":
+        return [pathlib.Path(out_dir) / layout.attribute_name(stem, a) for a in layout.ATTRIBUTES]
+    return []
+
+
+def check_output_dir(out_dir, option="--output"):
+    """Refuse, before any work, an output folder path that is an existing file (or lies under one)."""
+    out_dir = pathlib.Path(out_dir)
+    for path in (out_dir, *out_dir.parents):
+        if path.exists():
+            if not path.is_dir():
+                what = "is" if path == out_dir else f"lies under {path}, which is"
+                raise UserError(f"{option} {out_dir} {what} an existing file, not a folder")
+            return
 
 
 def write_deliverable(task, out_dir, image_id, deliverable):

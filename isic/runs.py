@@ -180,15 +180,20 @@ def check_run_split(weights_path, dataset, subset):
                         f"trained on them; use --subset all to score every image")
 
 
+def check_inference_weights(weights):
+    """Refuse, before the model is built, weights that have no heads for an ISIC task."""
+    if weights in ("coco", "imagenet"):
+        raise UserError(f"--weights {weights} has no heads trained for this task; train first and "
+                        f"use --weights last or a checkpoint path")
+
+
 def load_inference_model(config, weights, model_dir):
     """A MaskRCNN in inference mode with the chosen weights loaded."""
+    check_inference_weights(weights)
     from mrcnn import model as modellib
     model = modellib.MaskRCNN(mode="inference", config=config, model_dir=str(model_dir))
     if weights == "none":
         log.warning("Running with untrained weights (--weights none): detections are meaningless.")
-    elif weights in ("coco", "imagenet"):
-        raise UserError(f"--weights {weights} has no heads trained for this task; train first and "
-                        f"use --weights last or a checkpoint path")
     else:
         model.load_weights(str(weights), by_name=True)
         log.info("Loaded weights %s", weights)

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
-from isic import layout
+from isic import csvfiles, layout
+from isic.errors import OutputWriteError
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +51,32 @@ def submission_stem(image_id):
 # --------------------------------------------------------------------------- writers
 
 def atomic_write(path, write_fn, binary=True):
-    """Run write_fn(file) on a temp file beside `path`, then move it into place."""
+    """Run write_fn(file) on a temp file beside `path`, then move it into place.
+
+    An OSError on the way (disk full, no permission, a file where a folder should be)
+    becomes one OutputWriteError naming `path`; the temp file is removed, so `path` is
+    either its old self or the complete new file.
+    """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         text_args = {} if binary else {"encoding": "utf-8", "newline": ""}
         with os.fdopen(fd, "wb" if binary else "w", **text_args) as f:
             write_fn(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as e:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
+            reason = e.strerror or str(e) or type(e).__name__
+            raise OutputWriteError(f"cannot write {path}: {reason}") from e
         raise
     return path
 
@@ -249,6 +260,8 @@ def read_task3_truth_csv(path_or_stream):
     weight 0, as in the official scorer.
     """
     try:
+        if isinstance(path_or_stream, (str, os.PathLike)):
+            path_or_stream = io.StringIO(csvfiles.read_text(path_or_stream, SubmissionError))
         table = pd.read_csv(path_or_stream, header=0)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
         raise SubmissionError(f"cannot read Task 3 ground-truth CSV: {e}") from None
@@ -273,9 +286,7 @@ def read_task3_csv(path_or_stream, categories=layout.DIAGNOSES):
     """
     if isinstance(path_or_stream, (str, os.PathLike)):
         try:
-            text = pathlib.Path(path_or_stream).read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise SubmissionError("Task 3 CSV is not UTF-8 text") from None
+            text = csvfiles.read_text(path_or_stream, SubmissionError)
         except OSError as e:
             raise SubmissionError(f"cannot read Task 3 CSV: {e}") from None
     else:

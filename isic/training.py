@@ -18,7 +18,7 @@ import time
 
 from isic import runs
 from isic.errors import UserError
-from mrcnn import run_dirs
+from mrcnn import layer_sets, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -27,10 +27,9 @@ AUGMENTATION_TASKS = {"segmentation": "task1", "attributes": "task2", "classific
 
 
 def schedule_for(config, epochs=None, layers=None):
-    """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when
-    --layers is given. --epochs moves the last stage's end; when it ends before an earlier
-    stage does, every stage keeps its share of the schedule instead (ends scaled by
-    epochs / last end, at least one epoch each, as many stages as there are epochs)."""
+    """[(layers, end epoch, learning rate)]: the config's SCHEDULE, or one stage when --layers
+    is given. --epochs ends training there: the stage it falls in is cut short and later
+    stages are dropped (logged), or the last stage runs on when it is beyond the schedule."""
     stages = [(str(s[0]), int(s[1]), float(s[2])) for s in config.SCHEDULE]
     if layers:
         stages = [(layers, stages[-1][1], stages[-1][2])]
@@ -38,23 +37,15 @@ def schedule_for(config, epochs=None, layers=None):
         return stages
     if epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {epochs}")
-    if all(end < epochs for _, end, _ in stages[:-1]):
-        return stages[:-1] + [(stages[-1][0], epochs, stages[-1][2])]
-    last_end = stages[-1][1]
-    scaled, previous = [], 0
-    for stage_layers, end, learning_rate in stages:
-        end = max(previous + 1, round(end * epochs / last_end))
-        if end > epochs:
-            break
-        scaled.append((stage_layers, end, learning_rate))
-        previous = end
-    scaled[-1] = scaled[-1][:1] + (epochs,) + scaled[-1][2:]
-    log.warning("--epochs %d ends before the stage '%s' of the schedule (epoch %d of %d): every stage keeps its "
-                "share instead: %s", epochs, stages[0][0], stages[0][1], last_end,
-                ", ".join(f"{l} to epoch {e}" for l, e, _ in scaled) +
-                ("" if len(scaled) == len(stages) else
-                 f" (too few epochs for the stages after '{scaled[-1][0]}')"))
-    return scaled
+    cut = next((n for n, (_, end, _) in enumerate(stages) if end >= epochs), len(stages) - 1)
+    name, end, learning_rate = stages[cut]
+    if cut < len(stages) - 1:
+        dropped = ", ".join(f"{later} to epoch {e}" for later, e, _ in stages[cut + 1:])
+        log.warning("--epochs %d ends stage %d (%s to epoch %d) at epoch %d and skips the later stage(s): %s",
+                    epochs, cut + 1, name, end, epochs, dropped)
+    elif end != epochs:
+        log.info("--epochs %d: the last stage (%s) runs to epoch %d instead of %d", epochs, name, epochs, end)
+    return stages[:cut] + [(name, epochs, learning_rate)]
 
 
 # Epoch cap of a stage under a time budget: the clock, not the count, ends it.
@@ -135,7 +126,7 @@ def check_resume_split(weights, config):
 def run(args, config):
     from mrcnn import model as modellib
     from mrcnn.augment import default_augmentation
-    from mrcnn.training import LayerSelectionError, NonFiniteLossError, WallClockLimit
+    from mrcnn.training import NonFiniteLossError, WallClockLimit
 
     start = time.monotonic()
     minutes = getattr(args, "minutes", None)
@@ -153,6 +144,8 @@ def run(args, config):
     val_set = runs.load_dataset(args.task, dataset_dir, "val", config.SPLIT_SEED, args.limit)
 
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
+    for layers, _, _ in stages:  # a selection that trains nothing fails now, before anything is written
+        layer_sets.check_matches(model.keras_model, layers)
     load_start_weights(model, weights, config)
     augmentation = None
     if config.AUGMENTATION in ("default", "geometric"):
@@ -175,8 +168,6 @@ def run(args, config):
         try:
             model.train(train_set, val_set, learning_rate=learning_rate, epochs=end_epoch, layers=layers,
                         augmentation=augmentation, custom_callbacks=callbacks)
-        except LayerSelectionError as e:
-            raise UserError(f"--layers {layers}: {e}") from e
         except NonFiniteLossError as e:
             raise UserError(str(e)) from e
     if minutes:

@@ -6,6 +6,7 @@ always travels with the exact settings that produced it.
 """
 import json
 import logging
+import math
 import os
 import tempfile
 
@@ -24,8 +25,43 @@ _ARRAY_ATTRS = ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV")
 _DERIVED_ATTRS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
 
+# Attribute groups checked alike by Config.validate.
+_POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_STEPS",
+                  "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE", "RPN_ANCHOR_STRIDE",
+                  "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                  "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGE_CHANNEL_COUNT", "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE",
+                  "MASK_POOL_SIZE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES")
+_PROBABILITIES = ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO",
+                  "LEARNING_MOMENTUM")
+_BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS")
+# The feature pyramid's levels: one backbone stride and one anchor scale each.
+_PYRAMID_LEVELS = ("P2", "P3", "P4", "P5", "P6")
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the attribute."""
+
+
+def is_int(value):
+    """An integer, and not a bool (True is an int to Python, never a count here)."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def is_number(value):
+    """A finite int or float, not a bool and not a string such as '0.5'."""
+    return (isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+            and math.isfinite(value))
+
+
+def is_numbers(values, length=None, positive=False):
+    """A flat list, tuple or array of numbers (`length` of them, each > 0 when `positive`)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            return False
+        values = values.tolist()
+    if not isinstance(values, (list, tuple)) or (length is not None and len(values) != length):
+        return False
+    return all(is_number(v) and (v > 0 or not positive) for v in values)
 
 
 class Config:
@@ -122,9 +158,9 @@ class Config:
             if not key.isupper() or not hasattr(self, key):
                 raise ConfigError(f"unknown Config attribute {key!r}")
             setattr(self, key, value)
+        self.validate()
         for key in _ARRAY_ATTRS:
             setattr(self, key, np.array(getattr(self, key), dtype=np.float64))
-        self.validate()
         self._derive()
 
     def _derive(self):
@@ -139,61 +175,70 @@ class Config:
         self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
 
     def validate(self):
-        """Raise ConfigError naming the first invalid attribute."""
-        def need(cond, attr, why):
-            if not cond:
-                raise ConfigError(f"Config.{attr}={getattr(self, attr)!r}: {why}")
+        """Raise ConfigError naming the first invalid attribute. Types are checked before
+        ranges, so a string where a number belongs ('abc' from --set or a hand-edited
+        config.json) is reported as such, never as a Python error further on."""
+        need = self.require
+        for attr in _POSITIVE_INTS:
+            need(is_int(getattr(self, attr)) and getattr(self, attr) >= 1, attr, "must be an integer >= 1")
+        need(is_int(self.NUM_CLASSES) and self.NUM_CLASSES >= 1, "NUM_CLASSES", "must be an integer >= 1 (background counts as one)")
+        need(is_int(self.SEED) and 0 <= self.SEED < 2 ** 32, "SEED", "must be an integer in [0, 2**32 - 1]")
+        for attr in _PROBABILITIES:
+            need(is_number(getattr(self, attr)) and 0 <= getattr(self, attr) <= 1, attr, "must be a number in [0, 1]")
+        need(is_number(self.LEARNING_RATE) and self.LEARNING_RATE > 0, "LEARNING_RATE", "must be a number > 0")
+        for attr in ("WEIGHT_DECAY", "IMAGE_MIN_SCALE"):
+            need(is_number(getattr(self, attr)) and getattr(self, attr) >= 0, attr, "must be a number >= 0")
+        need(self.GRADIENT_CLIP_NORM is None or (is_number(self.GRADIENT_CLIP_NORM) and self.GRADIENT_CLIP_NORM > 0),
+             "GRADIENT_CLIP_NORM", "must be a number > 0, or null for no clipping")
+        for attr in _BOOLEANS:
+            need(isinstance(getattr(self, attr), (bool, np.bool_)), attr, "must be true or false")
+        need(self.NAME is None or (isinstance(self.NAME, str) and self.NAME.strip() != ""), "NAME",
+             "must be a non-empty string")
 
-        def is_int(v):
-            return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-        need(is_int(self.NUM_CLASSES) and self.NUM_CLASSES >= 1, "NUM_CLASSES",
-             "must be an integer >= 1 (background counts as one)")
-        need(is_int(self.GPU_COUNT) and self.GPU_COUNT >= 1, "GPU_COUNT", "must be an integer >= 1")
-        need(is_int(self.IMAGES_PER_GPU) and self.IMAGES_PER_GPU >= 1, "IMAGES_PER_GPU", "must be an integer >= 1")
         need(callable(self.BACKBONE) or self.BACKBONE in BACKBONES, "BACKBONE",
              f"must be one of {', '.join(BACKBONES)} or a callable")
+        need(self.COMPUTE_BACKBONE_SHAPE is None or callable(self.COMPUTE_BACKBONE_SHAPE), "COMPUTE_BACKBONE_SHAPE",
+             "must be None or a function (image_shape) -> feature map shapes")
         need(self.IMAGE_RESIZE_MODE in RESIZE_MODES, "IMAGE_RESIZE_MODE", f"must be one of {', '.join(RESIZE_MODES)}")
-        need(is_int(self.IMAGE_MAX_DIM) and self.IMAGE_MAX_DIM > 0, "IMAGE_MAX_DIM", "must be a positive integer")
-        need(is_int(self.IMAGE_MIN_DIM) and self.IMAGE_MIN_DIM > 0, "IMAGE_MIN_DIM", "must be a positive integer")
-        size = self.IMAGE_MIN_DIM if self.IMAGE_RESIZE_MODE == "crop" else self.IMAGE_MAX_DIM
-        attr = "IMAGE_MIN_DIM" if self.IMAGE_RESIZE_MODE == "crop" else "IMAGE_MAX_DIM"
-        need(size % 64 == 0, attr, "must be a multiple of 64 (the FPN downsamples 6 times)")
+        size_attr = "IMAGE_MIN_DIM" if self.IMAGE_RESIZE_MODE == "crop" else "IMAGE_MAX_DIM"
+        need(getattr(self, size_attr) % 64 == 0, size_attr, "must be a multiple of 64 (the FPN downsamples 6 times)")
         if self.IMAGE_RESIZE_MODE != "crop":
             need(self.IMAGE_MIN_DIM <= self.IMAGE_MAX_DIM, "IMAGE_MIN_DIM", "must not exceed IMAGE_MAX_DIM")
-        need(is_int(self.IMAGE_CHANNEL_COUNT) and self.IMAGE_CHANNEL_COUNT >= 1, "IMAGE_CHANNEL_COUNT",
-             "must be a positive integer")
-        need(len(self.MEAN_PIXEL) == self.IMAGE_CHANNEL_COUNT, "MEAN_PIXEL",
-             "must have one value per image channel (IMAGE_CHANNEL_COUNT)")
-        need(len(self.RPN_ANCHOR_SCALES) == len(self.BACKBONE_STRIDES), "RPN_ANCHOR_SCALES",
-             "must have one scale per BACKBONE_STRIDES level")
-        need(len(self.RPN_ANCHOR_RATIOS) > 0 and all(r > 0 for r in self.RPN_ANCHOR_RATIOS), "RPN_ANCHOR_RATIOS",
-             "must be a non-empty list of positive ratios")
-        need(is_int(self.RPN_ANCHOR_STRIDE) and self.RPN_ANCHOR_STRIDE >= 1, "RPN_ANCHOR_STRIDE",
-             "must be an integer >= 1")
-        for attr in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO"):
-            need(0.0 <= float(getattr(self, attr)) <= 1.0, attr, "must be in [0, 1]")
-        for attr in ("PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE", "TRAIN_ROIS_PER_IMAGE",
-                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "RPN_TRAIN_ANCHORS_PER_IMAGE",
-                     "STEPS_PER_EPOCH", "VALIDATION_STEPS", "POOL_SIZE", "MASK_POOL_SIZE"):
-            need(is_int(getattr(self, attr)) and getattr(self, attr) >= 1, attr, "must be an integer >= 1")
-        need(len(self.MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MASK_SHAPE), "MASK_SHAPE",
+        need(is_numbers(self.MEAN_PIXEL, self.IMAGE_CHANNEL_COUNT), "MEAN_PIXEL",
+             f"must be a list of {self.IMAGE_CHANNEL_COUNT} numbers, one per image channel (IMAGE_CHANNEL_COUNT)")
+        for attr in ("RPN_BBOX_STD_DEV", "BBOX_STD_DEV"):
+            need(is_numbers(getattr(self, attr), 4, positive=True), attr,
+                 "must be a list of 4 positive numbers (dy, dx, log dh, log dw)")
+
+        levels = len(_PYRAMID_LEVELS)
+        need(is_numbers(self.BACKBONE_STRIDES, levels, positive=True)
+             and all(is_int(v) for v in self.BACKBONE_STRIDES), "BACKBONE_STRIDES",
+             f"must be a list of {levels} positive integers, one per pyramid level {', '.join(_PYRAMID_LEVELS)}")
+        need(is_numbers(self.RPN_ANCHOR_SCALES, levels, positive=True), "RPN_ANCHOR_SCALES",
+             f"must be a list of {levels} positive numbers (anchor sides in pixels), one per BACKBONE_STRIDES level")
+        need(is_numbers(self.RPN_ANCHOR_RATIOS, positive=True) and len(self.RPN_ANCHOR_RATIOS) > 0,
+             "RPN_ANCHOR_RATIOS", "must be a non-empty list of positive numbers (width/height ratios)")
+
+        need(is_numbers(self.MASK_SHAPE, 2, positive=True) and all(is_int(v) for v in self.MASK_SHAPE), "MASK_SHAPE",
              "must be [height, width] of positive integers")
         need(list(self.MASK_SHAPE) == [2 * self.MASK_POOL_SIZE] * 2, "MASK_SHAPE",
              f"the mask head upsamples its MASK_POOL_SIZE={self.MASK_POOL_SIZE} grid 2x, so MASK_SHAPE must be "
              f"[{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}] (e.g. MASK_POOL_SIZE=28 with [56, 56])")
-        need(len(self.MINI_MASK_SHAPE) == 2 and all(is_int(v) and v > 0 for v in self.MINI_MASK_SHAPE),
+        need(is_numbers(self.MINI_MASK_SHAPE, 2, positive=True) and all(is_int(v) for v in self.MINI_MASK_SHAPE),
              "MINI_MASK_SHAPE", "must be (height, width) of positive integers")
-        need(float(self.LEARNING_RATE) > 0, "LEARNING_RATE", "must be > 0")
-        need(float(self.WEIGHT_DECAY) >= 0, "WEIGHT_DECAY", "must be >= 0")
-        need(self.GRADIENT_CLIP_NORM is None or float(self.GRADIENT_CLIP_NORM) > 0, "GRADIENT_CLIP_NORM",
-             "must be > 0 or None")
         need(isinstance(self.LOSS_WEIGHTS, dict) and set(self.LOSS_WEIGHTS) == set(LOSS_NAMES), "LOSS_WEIGHTS",
              f"must have exactly the keys {', '.join(LOSS_NAMES)}")
-        need(isinstance(self.DETECT_MASKS_ON_SURVIVORS, (bool, np.bool_)), "DETECT_MASKS_ON_SURVIVORS",
-             "must be True or False")
+        need(all(is_number(v) and v >= 0 for v in self.LOSS_WEIGHTS.values()), "LOSS_WEIGHTS",
+             "must map each loss to a number >= 0")
         need(self.MIXED_PRECISION in MIXED_PRECISION_POLICIES, "MIXED_PRECISION",
              "must be None, 'mixed_float16' or 'mixed_bfloat16'")
+
+    def require(self, condition, attr, why):
+        """Raise ConfigError('Config.<attr>=<value>: <why>') unless `condition` holds."""
+        if not condition:
+            value = getattr(self, attr)
+            shown = value.tolist() if isinstance(value, np.ndarray) else value
+            raise ConfigError(f"Config.{attr}={shown!r}: {why}")
 
     # --- Serialisation ---
     def to_dict(self):
@@ -233,9 +278,21 @@ class Config:
 
     @classmethod
     def load(cls, path):
-        """Read a config JSON written by `save`."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        """Read a config JSON written by `save`. A file that is not such JSON, or holds an
+        invalid value, raises ConfigError naming the file (and the attribute)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                values = json.load(f)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path} is not a readable config JSON ({e}); restore the run's config.json or "
+                              "remove it to use the task's defaults") from e
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path} holds a JSON {type(values).__name__}, not the object of Config "
+                              "attributes that Config.save writes")
+        try:
+            return cls.from_dict(values)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from e
 
     def display(self):
         """Print every configuration value (Matterport's display())."""

@@ -22,6 +22,7 @@ from mrcnn import weights_io
 from mrcnn.config import LOSS_NAMES
 from mrcnn.data import MaskRCNNSequence
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
+from mrcnn.layer_sets import LAYER_REGEX, check_matches, layer_regex  # noqa: F401 (LAYER_REGEX: Matterport's name)
 from mrcnn.layers import norm_boxes_graph
 from mrcnn.model import register_graph_builder
 from mrcnn.proposal import ProposalLayer
@@ -29,26 +30,11 @@ from mrcnn.targets import DetectionTargetLayer
 
 log = logging.getLogger(__name__)
 
-# Matterport's named layer sets; the optional `r18_` prefix covers the light ResNet-18.
-_STAGES = {3: r"(r18_)?(res3.*)|(r18_)?(bn3.*)|", 4: r"(r18_)?(res4.*)|(r18_)?(bn4.*)|",
-           5: r"(r18_)?(res5.*)|(r18_)?(bn5.*)|"}
-_HEADS = r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)"
-LAYER_REGEX = {
-    "heads": _HEADS,
-    "3+": _STAGES[3] + _STAGES[4] + _STAGES[5] + _HEADS,
-    "4+": _STAGES[4] + _STAGES[5] + _HEADS,
-    "5+": _STAGES[5] + _HEADS,
-    "all": ".*",
-}
 # Training model outputs, in order (Matterport's, the five losses last).
 TRAINING_OUTPUTS = ("rpn_class_logits", "rpn_class", "rpn_bbox", "mrcnn_class_logits", "mrcnn_class",
                     "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "output_rois") + LOSS_NAMES
 HISTORY_CSV = "history.csv"
 DEFAULT_WORKERS = 2
-
-
-class LayerSelectionError(ValueError):
-    """`layers` is not a valid regular expression or selects no layer with weights."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -291,11 +277,6 @@ def distribution_strategy(config):
     return _STRATEGIES[count]
 
 
-def layer_regex(layers):
-    """heads, 3+, 4+, 5+, all, or a regular expression (matched against whole layer names)."""
-    return LAYER_REGEX.get(layers, layers)
-
-
 def set_trainable(keras_model, regex, verbose=0, _indent=0):
     """Make the layers whose name fully matches `regex` trainable and freeze the others,
     looking inside nested models and TimeDistributed wrappers. Layers without weights are
@@ -440,13 +421,7 @@ def compile_model(model, learning_rate, layers):
     dynamic loss scaling. Recompiling retraces train_step for the new trainable set."""
     config = model.config
     keras_model = model.keras_model
-    try:
-        trainable = set_trainable(keras_model, layer_regex(layers))
-    except re.error as e:
-        raise LayerSelectionError(f"layers={layers!r} is not a valid regular expression ({e})") from e
-    if not trainable:
-        raise LayerSelectionError(f"layers={layers!r} selects no layer with weights; use heads, 3+, 4+, 5+, "
-                                  f"all or a regular expression matching whole layer names")
+    set_trainable(keras_model, layer_regex(layers))
     with keras_model.distribute_strategy.scope():
         clip = config.GRADIENT_CLIP_NORM
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.LEARNING_MOMENTUM,
@@ -474,6 +449,7 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     if no_augmentation_sources:
         raise NotImplementedError("no_augmentation_sources is not supported; pass augmentation=None")
     config = model.config
+    check_matches(model.keras_model, layers)  # a typo ('head') fails here, before anything is written
     if model.epoch >= epochs:
         log.info("Already at epoch %d >= %d: nothing to train", model.epoch, epochs)
         return None

@@ -22,6 +22,8 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn.weights_file import WeightsFormatError, damaged_message, open_weights_file
+
 logger = logging.getLogger(__name__)
 
 # Matterport's class-dependent heads: exclude them to load COCO weights for another class count.
@@ -30,10 +32,6 @@ HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"
 # HDF5 object headers hold at most 64 KiB of attributes; Keras 2.2+ split longer name
 # lists into attrs <name>0, <name>1, ... and so do reader and writer here.
 _MAX_ATTR_BYTES = 64512
-
-
-class WeightsFormatError(ValueError):
-    """The file is not a Keras-2 layout HDF5 weights file."""
 
 
 class WeightsMismatchError(ValueError):
@@ -323,13 +321,8 @@ def load_weights_h5(keras_model, filepath, by_name=True, exclude=None, skip_mism
     keras_model = _as_keras_model(keras_model)
     filepath = os.fspath(filepath)
     exclude = {exclude} if isinstance(exclude, str) else set(exclude or ())
-    if not os.path.exists(filepath):
-        raise FileNotFoundError("weights file %s does not exist" % filepath)
-    if not os.path.isfile(filepath) or not h5py.is_hdf5(filepath):
-        raise WeightsFormatError("%s is not an HDF5 file, so it cannot be a Keras-2 weights "
-                                 "file" % filepath)
     model_entries = _model_entries(keras_model)
-    with h5py.File(filepath, "r") as f:
+    with open_weights_file(filepath) as f:
         root = _open_keras2_root(f, filepath)
         file_layers = _file_layers(root, filepath)
         if by_name:
@@ -344,7 +337,10 @@ def load_weights_h5(keras_model, filepath, by_name=True, exclude=None, skip_mism
                 "weight %r is %s in the model, %s in the file"
                 % (m.weight, m.model_shape, m.file_shape)))
         # Read everything before assigning: a read error must not leave a half-loaded model.
-        values = [(w.variable, ds[()]) for _, pairs in plan for w, _, ds in pairs]
+        try:
+            values = [(w.variable, ds[()]) for _, pairs in plan for w, _, ds in pairs]
+        except OSError as e:
+            raise WeightsFormatError(damaged_message(filepath, e)) from e
     for variable, value in values:
         variable.assign(np.asarray(value, dtype=variable.dtype))
 

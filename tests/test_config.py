@@ -85,3 +85,56 @@ def test_display_prints_every_value(capsys):
     TwoClassConfig().display()
     out = capsys.readouterr().out
     assert "NUM_CLASSES" in out and "IMAGE_META_SIZE" in out and "BATCH_SIZE" in out
+
+
+@pytest.mark.parametrize("attr, value, why", [
+    ("DETECTION_MIN_CONFIDENCE", "abc", "must be a number in [0, 1]"),
+    ("LEARNING_RATE", "abc", "must be a number > 0"),
+    ("MEAN_PIXEL", "abc", "must be a list of 3 numbers"),
+    ("RPN_ANCHOR_SCALES", 64, "must be a list of 5 positive numbers"),
+    ("RPN_ANCHOR_RATIOS", ["a"], "must be a non-empty list of positive numbers"),
+    ("BACKBONE_STRIDES", "abc", "must be a list of 5 positive integers"),
+    ("SEED", -1, "must be an integer in [0, 2**32 - 1]"),
+    ("TRAIN_BN", "maybe", "must be true or false"),
+    ("KEEP_EMPTY_IMAGES", 2, "must be true or false"),
+    ("IMAGES_PER_GPU", 1.5, "must be an integer >= 1"),
+    ("BBOX_STD_DEV", [0.1, 0.1, 0.2], "must be a list of 4 positive numbers"),
+    ("LOSS_WEIGHTS", dict.fromkeys(("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+                                    "mrcnn_mask_loss"), "1"), "must map each loss to a number >= 0"),
+])
+def test_subclass_keyword_and_json_get_the_same_error(attr, value, why, tmp_path):
+    """A Python subclass, a keyword override (--set) and a saved config.json are refused alike."""
+    subclass = type("Custom", (Config,), {attr: value})
+    with pytest.raises(ConfigError) as from_subclass:
+        subclass()
+    with pytest.raises(ConfigError) as from_keyword:
+        Config(**{attr: value})
+    data = Config().to_dict()
+    data[attr] = value
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError) as from_json:
+        Config.load(path)
+    expected = f"Config.{attr}={value!r}: {why}"
+    assert str(from_subclass.value).startswith(expected)
+    assert str(from_keyword.value) == str(from_subclass.value)
+    assert str(from_json.value) == f"{path}: {from_subclass.value}"
+
+
+def test_booleans_and_numbers_keep_their_types():
+    with pytest.raises(ConfigError, match="Config.NUM_CLASSES=True"):
+        Config(NUM_CLASSES=True)  # a bool is not a count
+    with pytest.raises(ConfigError, match="Config.DETECTION_MIN_CONFIDENCE=nan"):
+        Config(DETECTION_MIN_CONFIDENCE=float("nan"))
+    c = Config(TRAIN_BN=True, USE_MINI_MASK=False, MEAN_PIXEL=(1, 2, 3), DETECTION_MIN_CONFIDENCE=1)
+    assert c.TRAIN_BN is True and c.MEAN_PIXEL.dtype == np.float64
+
+
+def test_malformed_config_json_names_the_file(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text('{"NAME": "lesion", "BACKB')
+    with pytest.raises(ConfigError, match="config.json is not a readable config JSON"):
+        Config.load(path)
+    path.write_bytes(b'{"NAME": "l\xe9sion"}')
+    with pytest.raises(ConfigError, match="config.json is not a readable config JSON"):
+        Config.load(path)

@@ -284,19 +284,7 @@ def test_imagenet_load_that_loads_nothing_is_refused(imagenet_like):
         training.load_start_weights(model, "imagenet", type("C", (), {"BACKBONE": "resnet18"})())
 
 
-# --- 8. schedule cut by --epochs, seeded crop, batch 1 for synthetic inference ---------------
-
-def test_epochs_below_the_first_stage_keep_every_stage(caplog):
-    from isic import training
-    config = lesions.make_config("segmentation", overrides=[("SCHEDULE", [["heads", 10, 0.001],
-                                                                           ["all", 30, 0.0001]])])
-    with caplog.at_level(logging.INFO):
-        stages = training.schedule_for(config, epochs=6)
-    assert stages == [("heads", 2, 0.001), ("all", 6, 0.0001)]
-    assert "--epochs 6" in caplog.text
-    assert training.schedule_for(config, epochs=20) == [("heads", 10, 0.001), ("all", 20, 0.0001)]
-    assert training.schedule_for(config, epochs=1) == [("heads", 1, 0.001)]
-
+# --- 8. seeded crop, batch 1 for synthetic inference ------------------------------------------
 
 def test_crop_mode_draws_from_the_seeded_generator():
     from mrcnn.config import Config
