@@ -4,9 +4,10 @@
     python lesions.py --mode train       [--task T] [--dataset D] [--weights W] [--logs DIR] [--epochs N]
     python lesions.py --mode investigate [--task T] [--dataset D] [--subset val|train|all] [--weights W]
     python lesions.py --mode predict --image PATH [--task T] [--weights W] [--output DIR]
+    python lesions.py --mode export --output DIR [--task T] [--weights W]
 
 This file only wires a task's Config and Dataset to a mode; the work lives in the
-`isic` and `mrcnn` packages (isic.training, isic.investigation, isic.prediction).
+`isic` and `mrcnn` packages (isic.training, isic.investigation, isic.prediction, isic.export).
 """
 import argparse
 import ast
@@ -28,7 +29,7 @@ from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATASET = ROOT / "isic2018"
 DEFAULT_LOGS = ROOT / "logs"
-MODES = ("train", "investigate", "predict")
+MODES = ("train", "investigate", "predict", "export")
 
 log = logging.getLogger("lesions")
 
@@ -191,7 +192,8 @@ def build_parser():
         epilog="Examples:\n"
                "  python lesions.py --mode train --dataset synthetic\n"
                "  python lesions.py --mode investigate --dataset synthetic\n"
-               "  python lesions.py --mode predict --image 'photos/*.jpg' --output out/\n")
+               "  python lesions.py --mode predict --image 'photos/*.jpg' --output out/\n"
+               "  python lesions.py --mode export --weights last --output exported/segmentation\n")
     parser.add_argument("--mode", required=True, choices=MODES, help="what to do")
     parser.add_argument("--task", default="segmentation", choices=layout.TASKS,
                         help="ISIC 2018 task: segmentation (1), attributes (2), classification (3); "
@@ -200,18 +202,21 @@ def build_parser():
                         help="dataset root in the official ISIC 2018 layout (default: isic2018/ next "
                              "to lesions.py), or 'synthetic' for the generated dataset")
     parser.add_argument("--weights", default=None,
-                        help="coco, imagenet, last, none, or a path to an .h5 file. Defaults: coco for "
-                             "train on real data, none for train on synthetic, last otherwise")
+                        help="coco, imagenet, last, none, a path to an .h5 file, or (predict) a folder "
+                             "written by --mode export. Defaults: coco for train on real data, none for "
+                             "train on synthetic, last otherwise")
     parser.add_argument("--logs", default=str(DEFAULT_LOGS),
                         help="folder for run folders and checkpoints (default logs/)")
     parser.add_argument("--subset", default="val", choices=("val", "train", "all"),
                         help="investigate: the split to score (default val); 'all' scores every image")
-    parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it)")
+    parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it); export: up to "
+                                        "3 images to measure agreement with detect() on (default: synthetic)")
     parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
-                                         "folder of the weights)")
+                                         "folder of the weights); export: the SavedModel folder to write")
     parser.add_argument("--overwrite", action="store_true",
                         help="predict: redo images whose outputs are already in --output (by default "
-                             "they are kept, so an interrupted run continues)")
+                             "they are kept, so an interrupted run continues); export: replace a "
+                             "non-empty --output folder")
     parser.add_argument("--full-size-overlays", action="store_true",
                         help="predict: draw overlays at the image's size (default: long side at most 1024 px)")
     parser.add_argument("--epochs", type=int, help="train: total epochs (overrides the schedule's end)")
@@ -283,6 +288,9 @@ def run(args):
     if args.mode == "investigate":
         from isic import investigation
         return investigation.run(args, config, overrides)
+    if args.mode == "export":
+        from isic import export
+        return export.run(args, config, overrides)
     from isic import prediction
     return prediction.run(args, config, overrides)
 

@@ -15,8 +15,11 @@ train: s/step at 512 for each backbone and batch (the Task 1 config, synthetic l
   process, their ratio.
 data: the training feed alone in images/s (threads and processes), and its ratio to what
   the measured training steps consume.
+export: the Task 1 model exported as a SavedModel (isic.export) and timed, in one subprocess,
+  against detect() on the same 450x600 image (molding and unmolding included on both sides),
+  with the bare backbone beside it; export time, load time and size of the SavedModel.
 
-usage: python bench/speed.py [--only detect train data] [--sets task1 coco]
+usage: python bench/speed.py [--only detect train data export] [--sets task1 coco]
                              [--backbones resnet50 resnet101] [--sizes 512 1024]
                              [--repeats 5] [--few 3] [--batches 1 2] [--steps 5]
                              [--json bench/speed.json]
@@ -304,6 +307,69 @@ def run_data(args, dataset):
             for w, mp in ((0, False), (1, False), (2, False), (2, True))}
 
 
+# --- export (a SavedModel vs detect(), one subprocess) ---------------------------------------
+
+def export_worker(backbone, size, repeats):
+    """Export the Task 1 config with random weights, load it back and time its serving
+    signature against detect() on one 450x600 image; returns a JSON-ready dict."""
+    import keras
+    import tensorflow as tf
+    from isic import export as isic_export
+    from mrcnn import export
+    from mrcnn.backbone import backbone_model
+    from mrcnn.model import MaskRCNN
+
+    keras.utils.set_random_seed(0)
+    config = detect_config("task1", backbone, size)
+    image = np.random.default_rng(0).integers(0, 256, size=(450, 600, 3)).astype(np.uint8)
+    model = MaskRCNN("inference", config, os.path.join(tempfile.gettempdir(), "mrcnn_speed_logs"))
+    folder = os.path.join(tempfile.mkdtemp(prefix="mrcnn-export-"), "segmentation")
+    start = time.perf_counter()
+    card = isic_export.export_model(model, "segmentation", folder, "none", [("random", image)])
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    exported = export.ExportedModel(folder)
+    load_s = time.perf_counter() - start
+    start = time.perf_counter()
+    exported.run(image)
+    first_call_s = time.perf_counter() - start
+    row = {"backbone": backbone, "size": size, "image": "450x600", "export_s": round(export_s, 1),
+           "load_s": round(load_s, 2), "first_call_s": round(first_call_s, 2),
+           "size_mb": round(card["size_bytes"] / 1e6, 1), "agreement": {
+               k: v for k, v in card["agreement_with_detect"].items() if k != "per_image"}}
+    row["detect_s"] = median_seconds(lambda: model.detect([image]), repeats)
+    row["exported_s"] = median_seconds(lambda: exported.run(image), repeats)
+    bare = backbone_model(config, (size, size, 3))
+    forward = tf.function(lambda x: bare(x, training=False), input_signature=[tf.TensorSpec((1, size, size, 3))])
+    molded = tf.zeros((1, size, size, 3))
+    row["backbone_s"] = median_seconds(lambda: [t.numpy() for t in forward(molded)], repeats)
+    row["ratio"] = row["exported_s"] / row["detect_s"]
+    return row
+
+
+def run_export(args):
+    backbone, size = args.backbones[0], args.sizes[0]
+    print(f"export: task1 {backbone} {size} ...", file=sys.stderr, flush=True)
+    cmd = [sys.executable, os.path.abspath(__file__), "--export-worker", json.dumps([backbone, size, args.repeats])]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stderr[-3000:])
+        raise SystemExit(f"export worker failed: {backbone} {size}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def export_lines(row):
+    a = row["agreement"]
+    return ["Exported SavedModel vs detect(), Task 1 config, same image (450x600) in the same process",
+            "", "| backbone | size | detect s/img | exported s/img | exported/detect | bare backbone s | "
+            "export s | load s | first call s | SavedModel MB | same detections | max box px | max score diff |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+            f"| {row['backbone']} | {row['size']} | {row['detect_s']:.3f} | {row['exported_s']:.3f} | "
+            f"{row['ratio']:.2f} | {row['backbone_s']:.3f} | {row['export_s']:.0f} | {row['load_s']:.1f} | "
+            f"{row['first_call_s']:.1f} | {row['size_mb']:.1f} | {a['same_count_all']} ({a['detections_per_image'][0]}) | "
+            f"{a['max_box_px']} | {a['max_score_diff']:.1e} |", ""]
+
+
 # --- report --------------------------------------------------------------------------------
 
 def machine():
@@ -358,22 +424,23 @@ def markdown(out, args):
         for r in out.get("train", []):
             lines.append(f"- vs {r['backbone']} batch {r['batch']} training ({r['images_per_s']} images/s): "
                          f"{out['data']['threads=2'] / r['images_per_s']:.1f}x (2 threads)")
+    if out.get("export"):
+        lines += [""] + export_lines(out["export"])
     return "\n".join(lines)
 
 
 def write_json(out, path):
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".speed-", suffix=".json.tmp")
-    with os.fdopen(fd, "w") as f:
+    from mrcnn import atomic
+    with atomic.atomic_open(path, "w", encoding="utf-8") as f:
         json.dump(out, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--only", nargs="+", choices=("detect", "train", "data"), default=["detect", "train", "data"])
+    parser.add_argument("--only", nargs="+", choices=("detect", "train", "data", "export"),
+                        default=["detect", "train", "data", "export"])
     parser.add_argument("--sets", nargs="+", choices=SETS, default=list(SETS), help="detect config sets")
     parser.add_argument("--backbones", nargs="+", default=["resnet50", "resnet101"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[512, 1024], help="detect image sizes")
@@ -386,15 +453,22 @@ def main(argv=None):
     parser.add_argument("--data-batches", type=int, default=12, help="batches of 2 for the data pipeline")
     parser.add_argument("--json", default=os.path.join(ROOT, "bench", "speed.json"))
     parser.add_argument("--detect-worker", help=argparse.SUPPRESS)
+    parser.add_argument("--export-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.detect_worker:
         print(json.dumps(detect_worker(*json.loads(args.detect_worker))))
         return None
+    if args.export_worker:
+        print(json.dumps(export_worker(*json.loads(args.export_worker))))
+        return None
 
-    out = {"machine": machine(), "args": {k: v for k, v in vars(args).items() if k != "detect_worker"}}
+    out = {"machine": machine(), "args": {k: v for k, v in vars(args).items()
+                                          if k not in ("detect_worker", "export_worker")}}
     if "detect" in args.only:
         out["detect"] = run_detect(args)
+    if "export" in args.only:
+        out["export"] = run_export(args)
     if "train" in args.only or "data" in args.only:
         folder = tempfile.mkdtemp(prefix="mrcnn-speed-")
         dataset = lesion_files(folder)

@@ -362,6 +362,17 @@ class ISICDataset(utils.Dataset):
     def image_reference(self, image_id):
         return self.image_info[image_id]["path"]
 
+    def image_cache_sources(self, image_id):
+        """(files, tag) that decide load_image and load_mask (mrcnn.image_cache's key)."""
+        info = self.image_info[image_id]
+        return [info["path"]] + self._mask_files(info), {"task": self.TASK, **self._mask_tag(info)}
+
+    def _mask_files(self, info):
+        return []
+
+    def _mask_tag(self, info):
+        return {}
+
     def _no_instances(self, image_id):
         info = self.image_info[image_id]
         return (np.zeros((info["height"], info["width"], 0), bool), np.zeros((0,), np.int32))
@@ -447,6 +458,12 @@ class ISICSegmentationDataset(_Task12Dataset):
                 "mask_path": str(mask_path), "mask_empty": not non_empty,
                 "diagnosis": meta.get("dx")}
 
+    def _mask_files(self, info):
+        return [] if info["mask_empty"] else [info["mask_path"]]
+
+    def _mask_tag(self, info):
+        return {"mask_empty": info["mask_empty"]}
+
     def load_mask(self, image_id):
         """([H, W, N] bool, [N] int32): the lesion, N = 1, or N = 0 for an empty mask."""
         info = self.image_info[image_id]
@@ -512,6 +529,13 @@ class ISICAttributesDataset(_Task12Dataset):
             log.warning("ISIC attributes: %d attribute masks missing, treated as empty (%s)",
                         len(self.missing_masks),
                         ", ".join(f"{a} {n}" for a, n in per_attribute.items()))
+
+    def _mask_files(self, info):
+        return [info["mask_paths"][a] for a in info["attributes"]]
+
+    def _mask_tag(self, info):
+        return {"attributes": info["attributes"], "instances": self.ATTRIBUTE_INSTANCES,
+                "min_component_pixels": self.MIN_COMPONENT_PIXELS}
 
     def load_mask(self, image_id):
         """([H, W, N] bool, [N] int32); N = 0 for an image without attributes."""
@@ -666,6 +690,12 @@ class ISICClassificationDataset(ISICDataset):
                         "(%s: %s); their masks are approximated from the image "
                         "(see mask_fallback_ids)", len(self.mask_fallback_ids), loaded,
                         layout.HAM10000_MASK_DIR, where)
+
+    def _mask_files(self, info):
+        return [] if info["mask_path"] is None else [info["mask_path"]]
+
+    def _mask_tag(self, info):
+        return {"class_id": info["class_id"], "mask_source": info["mask_source"]}
 
     def load_mask(self, image_id):
         """([H, W, 1] bool, [1] int32): the lesion with its diagnosis class id."""

@@ -134,7 +134,9 @@ def segmentation_record(truth, pred):
     }
 
 
-def _summarise_task1(per_image):
+def summarise_task1(per_image):
+    """The Task 1 score from per-image records ({image_id: segmentation_record(...)}): what
+    score_task1 returns, for callers that score each image as it passes."""
     if not per_image:
         raise MetricError("Task 1 needs at least one (truth, prediction) pair")
     macro = {key: _nanmean(r[key] for r in per_image.values()) for key in TASK1_RECORD_KEYS}
@@ -162,7 +164,7 @@ def score_task1(pairs):
             per_image[str(image_id)] = segmentation_record(truth, pred)
         except MetricError as e:
             raise MetricError(f"{image_id}: {e}") from None
-    return _summarise_task1(per_image)
+    return summarise_task1(per_image)
 
 
 def score_task1_folders(truth_dir, pred_dir):
@@ -176,20 +178,21 @@ def score_task1_folders(truth_dir, pred_dir):
     for image_id, _, truth_path, pred_path in submission.match_mask_files(truth_dir, pred_dir):
         truth, pred = submission.read_mask_pair(truth_path, pred_path)
         per_image[image_id] = segmentation_record(truth > 128, pred > 128)
-    return _summarise_task1(per_image)
+    return summarise_task1(per_image)
 
 
 # --------------------------------------------------------------------------- Task 2
 
-def _normalized_confusion(truth, pred):
+def normalized_confusion(truth, pred):
     """Confusion counts divided by the pixel count, so every image weighs the same."""
     cm = segmentation_confusion(truth, pred)
     total = sum(cm.values())
     return np.array([cm["TP"], cm["TN"], cm["FP"], cm["FN"]], np.float64) / total
 
 
-def _summarise_task2(normalized):
-    """normalized: {(attribute, image_id): [TP, TN, FP, FN] / pixels}."""
+def summarise_task2(normalized):
+    """The Task 2 score from {(attribute, image_id): normalized_confusion(truth, pred)}
+    (insertion order as score_task2 builds it): what score_task2 returns."""
     if not normalized:
         raise MetricError("Task 2 needs at least one (attribute, image) pair")
 
@@ -235,10 +238,10 @@ def score_task2(masks):
             truth = np.zeros(np.shape(pred)[:2], bool) if truth is None else truth
             pred = np.zeros(np.shape(truth)[:2], bool) if pred is None else pred
             try:
-                normalized[(attribute, str(image_id))] = _normalized_confusion(truth, pred)
+                normalized[(attribute, str(image_id))] = normalized_confusion(truth, pred)
             except MetricError as e:
                 raise MetricError(f"{image_id}/{attribute}: {e}") from None
-    return _summarise_task2(normalized)
+    return summarise_task2(normalized)
 
 
 def score_task2_folders(truth_dir, pred_dir):
@@ -256,8 +259,8 @@ def score_task2_folders(truth_dir, pred_dir):
             raise submission.SubmissionError(
                 f"{truth_path.name} is not a Task 2 file (no 'attribute_<name>' in its name)")
         truth, pred = submission.read_mask_pair(truth_path, pred_path)
-        normalized[(attribute, image_id)] = _normalized_confusion(truth > 128, pred > 128)
-    result = _summarise_task2(normalized)
+        normalized[(attribute, image_id)] = normalized_confusion(truth > 128, pred > 128)
+    result = summarise_task2(normalized)
     if result["attributes_missing"]:
         logger.info("Task 2 ground truth has no files for %s; scored %s only",
                     result["attributes_missing"], result["attributes_scored"])
@@ -486,6 +489,47 @@ def _encode_masks(masks):
     return rles
 
 
+class CocoMaskAccumulator:
+    """COCO mask mAP built up one image at a time: each image's masks become run-length
+    encodings (pycocotools.mask.encode) as they pass, so only those are kept.
+    `add` per image, then `result`; the same numbers as coco_mask_map on the full lists."""
+
+    def __init__(self):
+        self.images, self.gt_anns, self.dt_anns, self.class_ids = [], [], [], set()
+
+    def add(self, gt_masks, gt_ids, dt_masks, dt_ids, dt_scores):
+        """gt_masks [H, W, N] bool, gt_ids [N]; dt_masks [H, W, M] bool, dt_ids [M], dt_scores [M]."""
+        image_index = len(self.images)
+        image_id = image_index + 1
+        gt_masks, dt_masks = np.asarray(gt_masks), np.asarray(dt_masks)
+        if gt_masks.ndim != 3 or dt_masks.ndim != 3 or gt_masks.shape[:2] != dt_masks.shape[:2]:
+            raise MetricError(f"image {image_index}: masks must be HxWxN of one HxW, got "
+                              f"{gt_masks.shape} and {dt_masks.shape}")
+        gt_ids, dt_ids = np.asarray(gt_ids).ravel(), np.asarray(dt_ids).ravel()
+        dt_scores = np.asarray(dt_scores, np.float64).ravel()
+        if gt_ids.size != gt_masks.shape[2] or not dt_ids.size == dt_scores.size == dt_masks.shape[2]:
+            raise MetricError(f"image {image_index}: one class id (and score) per mask is required")
+        height, width = gt_masks.shape[:2]
+        self.images.append({"id": image_id, "height": int(height), "width": int(width)})
+        # ids start at 1: COCOeval treats a matched id of 0 as "unmatched".
+        for rle, class_id in zip(_encode_masks(gt_masks), gt_ids):
+            self.class_ids.add(int(class_id))
+            self.gt_anns.append({"id": len(self.gt_anns) + 1, "image_id": image_id,
+                                 "category_id": int(class_id), "segmentation": rle,
+                                 "area": float(mask_utils.area(rle)),
+                                 "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+        for rle, class_id, score in zip(_encode_masks(dt_masks), dt_ids, dt_scores):
+            self.class_ids.add(int(class_id))
+            self.dt_anns.append({"id": len(self.dt_anns) + 1, "image_id": image_id,
+                                 "category_id": int(class_id), "segmentation": rle,
+                                 "score": float(score), "area": float(mask_utils.area(rle)),
+                                 "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+
+    def result(self, class_names=None):
+        """{'mAP@0.5', 'mAP@[.5:.95]', 'per_class': {name: {'AP@0.5', 'AP@[.5:.95]'}}}."""
+        return _coco_evaluate(self.images, self.gt_anns, self.dt_anns, self.class_ids, class_names)
+
+
 def coco_mask_map(gt, pred, class_names=None):
     """COCO mask mAP at IoU 0.5 and averaged over IoU 0.5:0.95 (pycocotools, maxDets 100).
 
@@ -498,34 +542,13 @@ def coco_mask_map(gt, pred, class_names=None):
     """
     if len(gt) != len(pred):
         raise MetricError(f"{len(gt)} ground-truth images but {len(pred)} prediction images")
-    images, gt_anns, dt_anns = [], [], []
-    class_ids = set()
-    for image_index, ((gt_masks, gt_ids), (dt_masks, dt_ids, dt_scores)) in enumerate(zip(gt, pred)):
-        image_id = image_index + 1
-        gt_masks, dt_masks = np.asarray(gt_masks), np.asarray(dt_masks)
-        if gt_masks.ndim != 3 or dt_masks.ndim != 3 or gt_masks.shape[:2] != dt_masks.shape[:2]:
-            raise MetricError(f"image {image_index}: masks must be HxWxN of one HxW, got "
-                              f"{gt_masks.shape} and {dt_masks.shape}")
-        gt_ids, dt_ids = np.asarray(gt_ids).ravel(), np.asarray(dt_ids).ravel()
-        dt_scores = np.asarray(dt_scores, np.float64).ravel()
-        if gt_ids.size != gt_masks.shape[2] or not dt_ids.size == dt_scores.size == dt_masks.shape[2]:
-            raise MetricError(f"image {image_index}: one class id (and score) per mask is required")
-        height, width = gt_masks.shape[:2]
-        images.append({"id": image_id, "height": int(height), "width": int(width)})
-        # ids start at 1: COCOeval treats a matched id of 0 as "unmatched".
-        for rle, class_id in zip(_encode_masks(gt_masks), gt_ids):
-            class_ids.add(int(class_id))
-            gt_anns.append({"id": len(gt_anns) + 1, "image_id": image_id,
-                            "category_id": int(class_id), "segmentation": rle,
-                            "area": float(mask_utils.area(rle)),
-                            "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
-        for rle, class_id, score in zip(_encode_masks(dt_masks), dt_ids, dt_scores):
-            class_ids.add(int(class_id))
-            dt_anns.append({"id": len(dt_anns) + 1, "image_id": image_id,
-                            "category_id": int(class_id), "segmentation": rle,
-                            "score": float(score), "area": float(mask_utils.area(rle)),
-                            "bbox": mask_utils.toBbox(rle).tolist(), "iscrowd": 0})
+    accumulator = CocoMaskAccumulator()
+    for (gt_masks, gt_ids), (dt_masks, dt_ids, dt_scores) in zip(gt, pred):
+        accumulator.add(gt_masks, gt_ids, dt_masks, dt_ids, dt_scores)
+    return accumulator.result(class_names)
 
+
+def _coco_evaluate(images, gt_anns, dt_anns, class_ids, class_names):
     nan = float("nan")
     if not gt_anns:
         logger.warning("coco_mask_map: no ground-truth instances, mAP is undefined (NaN)")

@@ -14,7 +14,6 @@ import pathlib
 import numpy as np
 
 from isic import layout, submission
-from isic.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +68,6 @@ def deliverable_paths(task, out_dir, image_id):
     if task == "attributes":
         return [pathlib.Path(out_dir) / layout.attribute_name(stem, a) for a in layout.ATTRIBUTES]
     return []
-
-
-def check_output_dir(out_dir, option="--output"):
-    """Refuse, before any work, an output folder path that is an existing file (or lies under one)."""
-    out_dir = pathlib.Path(out_dir)
-    for path in (out_dir, *out_dir.parents):
-        if path.exists():
-            if not path.is_dir():
-                what = "is" if path == out_dir else f"lies under {path}, which is"
-                raise UserError(f"{option} {out_dir} {what} an existing file, not a folder")
-            return
 
 
 def write_deliverable(task, out_dir, image_id, deliverable):

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from isic import images, layout, outputs, refinement, runs, submission
+from isic import images, layout, outputs, preflight, refinement, runs, submission
 from isic.errors import UserError
 from mrcnn import visualize
 
@@ -181,7 +181,7 @@ def run(args, config, overrides=()):
     weights = runs.resolve_weights(args.weights, "predict", synthetic, args.task, args.logs)
     runs.check_inference_weights(weights)
     out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs)
-    outputs.check_output_dir(out_dir)
+    preflight.check_writable_folder(out_dir, "--output")
     readable, skipped = check_inputs(inputs)
     stems = output_stems(readable)
     finished = {} if overwrite else find_finished(args.task, out_dir, stems, weights)

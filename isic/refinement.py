@@ -1,17 +1,24 @@
-"""Task 1 mask post-processing at the image's full resolution.
+"""Task 1 mask post-processing, at a bounded cost per image whatever its size.
 
 Mask R-CNN predicts a lesion's mask on a 28x28 (or MASK_SHAPE) grid inside its box, then
 scales it up to the box: for one large lesion per image that grid is coarse at the real
 size. Two optional steps, chosen with Config values so a run can be reproduced:
 
 - TASK1_TTA_FLIPS: test-time flips. The top detection's mask of the image and of its
-  horizontal, vertical and double flips, flipped back, vote pixel by pixel (>= half).
-- TASK1_MASK_REFINEMENT = "grabcut": the mask seeds OpenCV's GrabCut at full resolution
-  (sure lesion in its eroded core, sure skin beyond a dilated band, "probable" in between),
-  which snaps the boundary to the image's colour edges; then the largest connected
-  component with its holes filled. "fill" does only that last step. "none" keeps the mask.
+  horizontal, vertical and double flips, flipped back, vote pixel by pixel (>= half). The
+  network never sees more than IMAGE_MAX_DIM pixels a side, so the flipped views are
+  detected on a copy at most FLIP_MAX_SIDE (or IMAGE_MAX_DIM) a side and the vote is
+  brought back to full resolution.
+- TASK1_MASK_REFINEMENT = "grabcut": the mask seeds OpenCV's GrabCut (sure lesion in its
+  core, sure skin beyond a band around it, "probable" in between), which snaps the
+  boundary to the image's colour edges; then the largest connected component with its
+  holes filled. GrabCut works on the lesion's bounding region with a margin, at a scale
+  chosen from the lesion's size (its equivalent diameter at most GRABCUT_DIAMETER pixels),
+  and is seeded from the pixels it works on, so a result depends on the image alone.
+  "fill" does only the last step. "none" keeps the mask.
 """
 import logging
+import zlib
 
 import cv2
 import numpy as np
@@ -22,6 +29,8 @@ from isic import outputs
 log = logging.getLogger(__name__)
 
 FLIPS = ((False, False), (True, False), (False, True), (True, True))  # (horizontal, vertical)
+FLIP_MAX_SIDE = 1024  # longer side of the copy the flipped views are detected on
+GRABCUT_DIAMETER = 400  # lesion's equivalent diameter (px) GrabCut works at, at most
 
 
 def _flip(array, horizontal, vertical):
@@ -32,83 +41,125 @@ def _flip(array, horizontal, vertical):
     return np.ascontiguousarray(array)
 
 
-def flip_vote_mask(model, image, first_mask=None):
+def _resize(array, size, interpolation):
+    """cv2.resize to (height, width); float32 for masks so interpolation is not rounded."""
+    return cv2.resize(array, (int(size[1]), int(size[0])), interpolation=interpolation)
+
+
+def flip_vote_mask(model, image, first_mask=None, max_side=None):
     """[H, W] bool: the per-pixel vote (>= 2 of 4) of the top lesion mask over the 4 flips.
-    `first_mask` is the unflipped view's mask when already computed."""
-    votes = np.zeros(image.shape[:2], np.int32)
+
+    The views are detected on a copy whose longer side is at most `max_side` (default:
+    FLIP_MAX_SIDE or the model's IMAGE_MAX_DIM, whichever is larger); the vote fraction is
+    scaled back to the image's size with linear interpolation. `first_mask` is the
+    unflipped view's full-size mask when already computed.
+    """
+    height, width = image.shape[:2]
+    if max_side is None:
+        max_side = max(FLIP_MAX_SIDE, int(getattr(getattr(model, "config", None), "IMAGE_MAX_DIM", 0) or 0))
+    scale = min(1.0, max_side / max(height, width))
+    small_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = image if scale == 1.0 else _resize(image, small_shape, cv2.INTER_AREA)
+    votes = np.zeros(small_shape, np.float32)  # [h, w] sum of the views' masks
     for horizontal, vertical in FLIPS:
         if first_mask is not None and not (horizontal or vertical):
-            mask = first_mask
+            mask = first_mask if scale == 1.0 else _resize(
+                np.asarray(first_mask, np.float32), small_shape, cv2.INTER_AREA)
         else:
-            result = model.detect([_flip(image, horizontal, vertical)])[0]
-            mask = _flip(outputs.lesion_mask(result, image.shape), horizontal, vertical)
+            result = model.detect([_flip(small, horizontal, vertical)])[0]
+            mask = _flip(outputs.lesion_mask(result, small.shape), horizontal, vertical)
         votes += mask
-    return votes * 2 >= len(FLIPS)
+    fraction = votes / len(FLIPS)
+    if scale < 1.0:
+        fraction = _resize(fraction, (height, width), cv2.INTER_LINEAR)
+    return fraction >= 0.5 - 1e-6
 
 
 def largest_component_filled(mask):
-    """The largest 8-connected component of a bool mask with its holes filled."""
+    """The largest 8-connected component of a bool mask with its holes filled (worked out
+    inside the mask's bounding box, so its cost follows the lesion, not the image)."""
+    mask = np.asarray(mask, bool)
     if not mask.any():
         return mask
-    labels, count = ndi.label(mask, structure=np.ones((3, 3), bool))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y1, y2, x1, x2 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    crop = mask[y1:y2, x1:x2]
+    labels, count = ndi.label(crop, structure=np.ones((3, 3), bool))
     if count > 1:
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
-        mask = labels == int(np.argmax(sizes))
-    return ndi.binary_fill_holes(mask)
+        crop = labels == int(np.argmax(sizes))
+    out = np.zeros_like(mask)
+    out[y1:y2, x1:x2] = ndi.binary_fill_holes(crop)
+    return out
 
 
-def grabcut_refine(image, mask, band=0.15, iterations=5, max_side=None):
+def content_seed(*arrays):
+    """A 31-bit seed from the bytes of the arrays GrabCut works on: the same pixels give
+    the same result, whatever ran before in the process."""
+    crc = 0
+    for array in arrays:
+        crc = zlib.crc32(np.ascontiguousarray(array).data, crc)
+    return crc & 0x7FFFFFFF
+
+
+def grabcut_refine(image, mask, band=0.15, iterations=5, diameter=GRABCUT_DIAMETER):
     """Snap a lesion mask's boundary to the image with GrabCut, seeded by the mask.
 
     band: width of the uncertain zone on each side of the boundary, as a fraction of the
-    mask's equivalent diameter (at least 3 px). max_side: run GrabCut on the crop scaled
-    down to this longer side (its cost grows with the pixel count) and scale the result
-    back up smoothly; None keeps full resolution. Returns the refined [H, W] bool mask, or
-    the input when GrabCut has nothing to work with (empty or tiny mask).
+    mask's equivalent diameter (at least 3 px at the working scale). GrabCut runs on the
+    bounding region of the mask plus the band and a margin of sure skin, scaled down so the
+    lesion's equivalent diameter is at most `diameter` px (None: full resolution); the
+    bands come from distance transforms at that scale, and the result is scaled back up
+    with linear interpolation. Returns the refined [H, W] bool mask, or the input when
+    GrabCut has nothing to work with (empty or tiny mask).
     """
     mask = np.asarray(mask, bool)
     area = int(mask.sum())
     if area < 64:
         return mask
-    radius = max(3, int(round(band * np.sqrt(4.0 * area / np.pi))))
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
-    mask_u8 = mask.astype(np.uint8)
-    core = cv2.erode(mask_u8, kernel).astype(bool)
-    outer = cv2.dilate(mask_u8, kernel).astype(bool)
-    if not core.any() or outer.all():
-        return largest_component_filled(mask)
-
-    # Work on the crop around the dilated mask (plus a margin of sure skin): GrabCut's cost
-    # grows with the pixel count.
-    ys, xs = np.nonzero(outer)
-    h, w = mask.shape
-    y1, y2 = max(0, ys.min() - radius), min(h, ys.max() + radius + 1)
-    x1, x2 = max(0, xs.min() - radius), min(w, xs.max() + radius + 1)
-    seeds = np.full((y2 - y1, x2 - x1), cv2.GC_BGD, np.uint8)
-    seeds[outer[y1:y2, x1:x2]] = cv2.GC_PR_BGD
-    seeds[mask[y1:y2, x1:x2]] = cv2.GC_PR_FGD
-    seeds[core[y1:y2, x1:x2]] = cv2.GC_FGD
-    if not (seeds == cv2.GC_BGD).any():  # the lesion fills the image: no sure skin to learn from
-        return largest_component_filled(mask)
+    height, width = mask.shape
+    full_diameter = np.sqrt(4.0 * area / np.pi)
+    scale = 1.0 if not diameter else min(1.0, diameter / full_diameter)
+    # Band radius in full-resolution px (at least 3 px at the working scale); the region is
+    # the mask's bounding box grown by the band plus a margin of sure skin of the same width.
+    radius_full = max(3.0 / scale, float(round(band * full_diameter)))
+    reach = int(np.ceil(2 * radius_full))
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    y1, y2 = max(0, rows[0] - reach), min(height, rows[-1] + 1 + reach)
+    x1, x2 = max(0, cols[0] - reach), min(width, cols[-1] + 1 + reach)
+    crop_shape = (y2 - y1, x2 - x1)
     crop = np.ascontiguousarray(image[y1:y2, x1:x2, ::-1], dtype=np.uint8)  # RGB -> BGR
-    crop_h, crop_w = seeds.shape
-    scale = 1.0 if not max_side else min(1.0, max_side / max(crop_h, crop_w))
+    crop_mask = mask[y1:y2, x1:x2]
     if scale < 1.0:
-        size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
-        crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA)
-        seeds = cv2.resize(seeds, size, interpolation=cv2.INTER_NEAREST)
+        work_shape = (max(1, round(crop_shape[0] * scale)), max(1, round(crop_shape[1] * scale)))
+        crop = _resize(crop, work_shape, cv2.INTER_AREA)
+        work_mask = _resize(crop_mask.astype(np.float32), work_shape, cv2.INTER_AREA) >= 0.5
+    else:
+        work_shape, work_mask = crop_shape, crop_mask
+    radius = radius_full * scale
+    mask_u8 = work_mask.astype(np.uint8)
+    inside = cv2.distanceTransform(mask_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # [h, w] px to skin
+    outside = cv2.distanceTransform(1 - mask_u8, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)  # [h, w] px to lesion
+    core, outer = inside > radius, outside <= radius
+    seeds = np.full(work_shape, cv2.GC_BGD, np.uint8)
+    seeds[outer] = cv2.GC_PR_BGD
+    seeds[work_mask] = cv2.GC_PR_FGD
+    seeds[core] = cv2.GC_FGD
+    if not core.any() or not (seeds == cv2.GC_BGD).any():  # no sure lesion, or no sure skin
+        return largest_component_filled(mask)
     background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+    cv2.setRNGSeed(content_seed(crop, seeds))
     try:
         cv2.grabCut(crop, seeds, None, background, foreground, iterations, cv2.GC_INIT_WITH_MASK)
     except cv2.error as e:  # degenerate colour models; keep the network's mask
         log.debug("GrabCut failed (%s); keeping the mask", e)
         return largest_component_filled(mask)
-    lesion = ((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD)).astype(np.float32)
+    lesion = largest_component_filled((seeds == cv2.GC_FGD) | (seeds == cv2.GC_PR_FGD))
     if scale < 1.0:
-        lesion = cv2.resize(lesion, (crop_w, crop_h), interpolation=cv2.INTER_LINEAR)
+        lesion = _resize(lesion.astype(np.float32), crop_shape, cv2.INTER_LINEAR) >= 0.5
     refined = np.zeros_like(mask)
-    refined[y1:y2, x1:x2] = lesion >= 0.5
+    refined[y1:y2, x1:x2] = lesion
     return largest_component_filled(refined)
 
 

@@ -15,6 +15,7 @@ import pathlib
 from isic import layout
 from isic.errors import UserError
 from mrcnn import run_dirs
+from mrcnn.config import HEAD_LAYERS
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,8 @@ WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
 CHECKPOINT_RE = run_dirs.CHECKPOINT_RE
 SPLIT_FILE = "split.json"
 # Matterport's class-dependent heads: excluded when COCO weights meet another class count.
-COCO_HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
+COCO_HEADS = list(HEAD_LAYERS)
+EXPORT_CARD_NAME = "model_card.json"  # mrcnn.export.CARD_NAME (named here so this module does not import TF)
 
 
 def default_weights(mode, synthetic):
@@ -56,9 +58,14 @@ def resolve_weights(choice, mode, synthetic, task, logs_dir):
     if choice == "last":
         return find_last_checkpoint(logs_dir, task)
     path = pathlib.Path(choice).expanduser()
+    if path.is_dir() and is_exported_model(path):
+        if mode in ("predict", "investigate"):
+            return path
+        raise UserError(f"--weights {choice}: an exported model (SavedModel) can only predict or investigate; "
+                        f"--mode {mode} needs an .h5 checkpoint (the card names its source_checkpoint)")
     if not path.is_file():
-        raise UserError(f"--weights {choice}: no such file (expected coco, imagenet, last, none or "
-                        f"a path to an .h5 weights file)")
+        raise UserError(f"--weights {choice}: no such file (expected coco, imagenet, last, none, "
+                        f"a path to an .h5 weights file or a folder written by --mode export)")
     return path
 
 
@@ -89,12 +96,20 @@ def check_task(weights_path, config, task=None):
                         f"(NUM_CLASSES {config.NUM_CLASSES}); pass --task {name} or a {task} checkpoint")
 
 
+def is_exported_model(path):
+    """A folder written by --mode export (a SavedModel and its model card)."""
+    path = pathlib.Path(path)
+    return (path / "saved_model.pb").is_file() and (path / EXPORT_CARD_NAME).is_file()
+
+
 def run_config_for(weights_path, config, overrides=(), task=None):
     """The config saved beside a checkpoint, so the model matches its weights, with one
     image per batch for inference and the user's --set/--seed values on top; `config`
     itself when the checkpoint has no config.json. A checkpoint of another task is refused."""
     if not isinstance(weights_path, pathlib.Path):
         return config
+    if is_exported_model(weights_path):
+        return exported_config(weights_path, config, overrides)
     check_task(weights_path, config, task)
     saved = _saved_config(weights_path)
     if saved is None:
@@ -180,6 +195,21 @@ def check_run_split(weights_path, dataset, subset):
                         f"trained on them; use --subset all to score every image")
 
 
+def exported_config(directory, config, overrides=()):
+    """The Config recorded in an exported model's card (the post-processing settings that
+    predict applies on top of it), with --set values on top."""
+    import json
+    card = json.loads((pathlib.Path(directory) / EXPORT_CARD_NAME).read_text())
+    task = type(config).NAME
+    if card.get("task") != task:
+        raise UserError(f"--weights {directory}: exported for task {card.get('task')!r}, not {task!r} "
+                        f"(pass --task {card.get('task')})")
+    values = dict(card["config"])
+    values.update(dict(overrides))
+    log.info("Using the config recorded in the exported model's card: %s", directory)
+    return type(config).from_dict(values)
+
+
 def check_inference_weights(weights):
     """Refuse, before the model is built, weights that have no heads for an ISIC task."""
     if weights in ("coco", "imagenet"):
@@ -188,7 +218,12 @@ def check_inference_weights(weights):
 
 
 def load_inference_model(config, weights, model_dir):
-    """A MaskRCNN in inference mode with the chosen weights loaded."""
+    """A MaskRCNN in inference mode with the chosen weights loaded, or, for a folder
+    written by --mode export, the SavedModel behind the same detect() interface."""
+    if isinstance(weights, pathlib.Path) and is_exported_model(weights):
+        from mrcnn.export import ExportedModel
+        log.info("Loading exported model %s", weights)
+        return ExportedModel(weights, config)
     check_inference_weights(weights)
     from mrcnn import model as modellib
     model = modellib.MaskRCNN(mode="inference", config=config, model_dir=str(model_dir))

@@ -11,7 +11,6 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from PIL import Image, UnidentifiedImageError
 
 from isic import csvfiles, layout
 from isic.errors import OutputWriteError
+from mrcnn import atomic
 
 logger = logging.getLogger(__name__)
 
@@ -51,34 +51,21 @@ def submission_stem(image_id):
 # --------------------------------------------------------------------------- writers
 
 def atomic_write(path, write_fn, binary=True):
-    """Run write_fn(file) on a temp file beside `path`, then move it into place.
+    """Run write_fn(file) on a temp file beside `path`, then move it into place
+    (`mrcnn.atomic.atomic_write`).
 
     An OSError on the way (disk full, no permission, a file where a folder should be)
     becomes one OutputWriteError naming `path`; the temp file is removed, so `path` is
     either its old self or the complete new file.
     """
     path = pathlib.Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        text_args = {} if binary else {"encoding": "utf-8", "newline": ""}
-        with os.fdopen(fd, "wb" if binary else "w", **text_args) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(e, OSError) and not isinstance(e, OutputWriteError):
-            reason = e.strerror or str(e) or type(e).__name__
-            raise OutputWriteError(f"cannot write {path}: {reason}") from e
-        raise
-    return path
+        return atomic.atomic_write(path, write_fn, binary=binary)
+    except OSError as e:
+        if isinstance(e, OutputWriteError):
+            raise
+        reason = e.strerror or str(e) or type(e).__name__
+        raise OutputWriteError(f"cannot write {path}: {reason}") from e
 
 
 def mask_to_uint8(mask):

@@ -55,6 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from isic import layout
+from mrcnn import atomic
 
 log = logging.getLogger(__name__)
 
@@ -704,15 +705,10 @@ def render_sample(rng, size=DEFAULT_IMAGE_SIZE, diagnosis=None, attributes=None)
 ############################################################
 
 def _write_atomic(path, data):
-    """Write bytes through a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write bytes through a temporary file in the same folder, then rename over `path`
+    (regenerable cache files: no fsync)."""
+    with atomic.atomic_open(path, "wb", durable=False) as f:
+        f.write(data)
 
 
 def _encode_jpeg(image_rgb):

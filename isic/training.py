@@ -12,6 +12,7 @@ time: a stage ending at epoch e of a schedule ending at E ends after e/E of the 
 (counted from the start of the run, model building included), whatever the machine's speed.
 """
 import logging
+import os
 import pathlib
 import re
 import time
@@ -132,6 +133,9 @@ def run(args, config):
     minutes = getattr(args, "minutes", None)
     if minutes is not None and not minutes > 0:
         raise UserError(f"--minutes must be > 0, got {minutes}")
+    if minutes is not None and os.environ.get("TF_CONFIG"):
+        # Each machine's clock would stop its worker at another step, and the others would wait forever.
+        raise UserError("--minutes cannot be used with TF_CONFIG (multi-worker training); use --epochs")
 
     synthetic = args.dataset == "synthetic"
     # SPLIT_SEED picks the synthetic images and the validation images; SEED the rest.
@@ -172,5 +176,7 @@ def run(args, config):
             raise UserError(str(e)) from e
     if minutes:
         log.info("Time budget %.1f min: used %.1f min", minutes, (time.monotonic() - start) / 60.0)
-    print(f"Training finished at epoch {model.epoch}; run folder {model.log_dir}")
+    from mrcnn.training import is_chief
+    where = f"run folder {model.log_dir}" if is_chief() else "the chief (worker 0) wrote the run folder"
+    print(f"Training finished at epoch {model.epoch}; {where}")
     return 0

@@ -1,7 +1,6 @@
 """Anchors for an image shape, in the order the RPN outputs its predictions."""
-import numpy as np
 
-from mrcnn import utils
+from mrcnn import boxes, utils
 from mrcnn.molding import compute_backbone_shapes
 
 
@@ -24,7 +23,7 @@ class AnchorCache:
         key = tuple(int(v) for v in image_shape[:2])
         if key not in self._cache:
             pixels = pixel_pyramid_anchors(self.config, image_shape)
-            self._cache[key] = (pixels, utils.norm_boxes(pixels, key).astype(np.float32))
+            self._cache[key] = (pixels, boxes.normalize_np(pixels, key))
         return self._cache[key]
 
 
@@ -38,5 +37,5 @@ def pixel_pyramid_anchors(config, image_shape):
 
 
 def pyramid_anchors(config, image_shape):
-    """pixel_pyramid_anchors normalised by norm_boxes, float32."""
-    return utils.norm_boxes(pixel_pyramid_anchors(config, image_shape), image_shape[:2]).astype(np.float32)
+    """pixel_pyramid_anchors normalised (mrcnn.boxes.normalize_np), float32."""
+    return boxes.normalize_np(pixel_pyramid_anchors(config, image_shape), image_shape[:2])

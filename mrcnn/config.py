@@ -7,15 +7,17 @@ always travels with the exact settings that produced it.
 import json
 import logging
 import math
-import os
-import tempfile
 
 import numpy as np
+
+from mrcnn import atomic
 
 log = logging.getLogger(__name__)
 
 BACKBONES = ("resnet50", "resnet101", "resnet18")
 RESIZE_MODES = ("none", "square", "pad64", "crop")
+# Matterport's class-dependent heads: exclude them to load COCO weights for another class count.
+HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
@@ -33,7 +35,8 @@ _POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_
                   "MASK_POOL_SIZE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES")
 _PROBABILITIES = ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO",
                   "LEARNING_MOMENTUM")
-_BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS")
+_BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS",
+             "IMAGE_CACHE")
 # The feature pyramid's levels: one backbone stride and one anchor scale each.
 _PYRAMID_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
@@ -152,6 +155,11 @@ class Config:
     # most any image of the batch has) instead of on all DETECTION_MAX_INSTANCES slots.
     # Same results; False runs keras_model's plain graph (the mask head on every slot).
     DETECT_MASKS_ON_SURVIVORS = True
+    # Training and validation feeds store each image and its masks, decoded and resized for
+    # the IMAGE_* values above, in an on-disk cache read by later epochs and runs
+    # (mrcnn.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
+    # ~/.cache/isic-mrcnn/images). Never used with IMAGE_RESIZE_MODE "crop". False: decode every time.
+    IMAGE_CACHE = True
 
     def __init__(self, **overrides):
         for key, value in overrides.items():
@@ -255,17 +263,9 @@ class Config:
 
     def save(self, path):
         """Write the config as JSON (atomically: temp file + rename)."""
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config-", suffix=".json.tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_dict(), f, indent=2, sort_keys=True)
-                f.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic.atomic_open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            f.write("\n")
 
     @classmethod
     def from_dict(cls, values):

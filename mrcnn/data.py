@@ -9,10 +9,11 @@ import logging
 import math
 import threading
 
+import cv2
 import keras
 import numpy as np
 
-from mrcnn import utils
+from mrcnn import image_cache, utils
 from mrcnn.augment import AugmentationError, ImgaugNotInstalledError, apply_augmentation
 from mrcnn.molding import compose_image_meta, compute_backbone_shapes, mold_image
 from mrcnn.targets import build_rpn_targets
@@ -34,8 +35,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
     augmentation: an albumentations transform or imgaug augmenter applied to the resized
         image and masks together, before the boxes are taken from the masks.
     use_mini_mask: return masks cropped to their boxes and resized to MINI_MASK_SHAPE.
-    rng: np.random.Generator placing the crop (IMAGE_RESIZE_MODE "crop") and seeding the
-        augmentation; None uses Python's `random` and the augmenter's own state.
+    rng: np.random.Generator seeding the augmentation; None uses the augmenter's own state.
     Returns:
         image: [H, W, C] uint8 (resized and padded per IMAGE_RESIZE_MODE).
         image_meta: [IMAGE_META_SIZE] (molding.compose_image_meta layout).
@@ -43,14 +43,9 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
         bbox: [N, (y1, x1, y2, x2)] int32 pixels, y2/x2 exclusive, from the masks.
         mask: [H, W, N] bool, or [MINI_MASK_SHAPE[0], MINI_MASK_SHAPE[1], N] bool.
     """
-    image = dataset.load_image(image_id)
-    mask, class_ids = dataset.load_mask(image_id)
-    mask, class_ids = _check_annotations(image, np.asarray(mask), np.asarray(class_ids), dataset, image_id)
-    original_shape = image.shape
-    image, window, scale, padding, crop = utils.resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
-    mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
+    resized = image_cache.load_resized(dataset, config, image_id, resize_for_training)
+    image, mask, class_ids = resized.image, resized.mask, resized.class_ids
+    original_shape, window, scale = resized.original_shape, resized.window, resized.scale
 
     if augmentation is not None:
         seed = None if rng is None else int(rng.integers(2 ** 31))
@@ -70,6 +65,56 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
         mask = utils.minimize_mask(bbox, mask, config.MINI_MASK_SHAPE)
     image_meta = compose_image_meta(image_id, original_shape, image.shape, window, scale, active_class_ids)
     return image, image_meta, class_ids, bbox, mask
+
+
+def resize_for_training(dataset, config, image_id):
+    """Decode an image and its masks and resize them per IMAGE_RESIZE_MODE (the part of
+    load_image_gt that mrcnn.image_cache stores). Returns an image_cache.ResizedItem.
+
+    An image that must shrink is shrunk by pixel-area averaging (cv2.INTER_AREA: no
+    aliasing of hairs and lesion borders), its masks likewise then thresholded at half;
+    utils.resize_image then only pads (or enlarges or crops, as before).
+    """
+    image = dataset.load_image(image_id)
+    mask, class_ids = dataset.load_mask(image_id)
+    mask, class_ids = _check_annotations(image, np.asarray(mask), np.asarray(class_ids), dataset, image_id)
+    original_shape = image.shape
+    shrink = shrink_factor(image.shape, config)
+    if shrink < 1:
+        image, mask = area_shrink(image, mask, shrink)
+    image, window, scale, padding, crop = utils.resize_image(
+        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+    mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
+    return image_cache.ResizedItem(image, mask, class_ids, original_shape, window, scale * shrink, padding, crop)
+
+
+def shrink_factor(shape, config):
+    """The scale utils.resize_image would apply to an image of `shape` when it is below 1
+    (only "square" mode shrinks: to fit IMAGE_MAX_DIM); 1 otherwise."""
+    if config.IMAGE_RESIZE_MODE != "square":
+        return 1
+    h, w = shape[:2]
+    scale = max(1, config.IMAGE_MIN_DIM / min(h, w)) if config.IMAGE_MIN_DIM else 1
+    if config.IMAGE_MIN_SCALE and scale < config.IMAGE_MIN_SCALE:
+        scale = config.IMAGE_MIN_SCALE
+    if round(max(h, w) * scale) > config.IMAGE_MAX_DIM:
+        scale = config.IMAGE_MAX_DIM / max(h, w)
+    return scale if scale < 1 else 1
+
+
+def area_shrink(image, mask, scale):
+    """image [H, W, C] and masks [H, W, N] bool shrunk to round(H * scale) x round(W * scale)
+    by cv2.INTER_AREA; a mask pixel is set when at least half of its area was."""
+    h, w = image.shape[:2]
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 wants (width, height)
+    small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    small = small.reshape(size[1], size[0], *image.shape[2:])
+    masks = np.zeros((size[1], size[0], mask.shape[-1]), dtype=bool)
+    for i in range(mask.shape[-1]):
+        shrunk = cv2.resize(mask[:, :, i].view(np.uint8) * np.uint8(255), size, interpolation=cv2.INTER_AREA)
+        masks[:, :, i] = shrunk >= 128
+    return small, masks
 
 
 def _check_annotations(image, mask, class_ids, dataset, image_id):

@@ -1,80 +1,71 @@
 """DetectionLayer: classifier outputs on the proposals -> final detections per image."""
-import keras
 import tensorflow as tf
 
-from mrcnn.layers import (apply_box_deltas_graph, as_float_array, batch_slice, clip_boxes_graph,
-                          norm_boxes_graph)
+from mrcnn import boxes
+from mrcnn.layers import Float32Layer, as_float_array, batch_slice
 from mrcnn.molding import parse_image_meta_graph
+
+
+def _survivors_of_classwise_nms(boxes_, scores, class_ids, candidate, max_per_class, iou_threshold):
+    """[N] bool: the candidates that NMS keeps within their own class (at most
+    max_per_class per class). Each class's NMS sees its candidates in ascending ROI order,
+    as in the reference, so ties resolve the same way."""
+    num_rois = tf.shape(scores)[0]
+
+    def kept_in_class(class_id):
+        members = tf.where(candidate & tf.equal(class_ids, class_id))[:, 0]  # [M] ascending
+        picked = tf.image.non_max_suppression(
+            tf.gather(boxes_, members), tf.gather(scores, members),
+            max_output_size=max_per_class, iou_threshold=iou_threshold)
+        rows = tf.gather(members, picked)[:, tf.newaxis]
+        return tf.scatter_nd(rows, tf.ones_like(rows[:, 0], tf.int32), [num_rois])  # [N] 0/1
+
+    # Class 0 (background, never a candidate) keeps the map from being empty.
+    classes = tf.unique(tf.concat([[0], tf.boolean_mask(class_ids, candidate)], axis=0))[0]
+    votes = tf.map_fn(kept_in_class, classes, fn_output_signature=tf.TensorSpec([None], tf.int32))
+    return tf.reduce_sum(votes, axis=0) > 0
 
 
 def refine_detections_graph(rois, probs, deltas, window, bbox_std_dev, min_confidence, max_instances,
                             nms_threshold):
-    """One image: refine, filter and suppress the classified proposals.
+    """One image: refine, filter and suppress the classified proposals (Mask R-CNN sec. 3,
+    "Inference": box regression of the top class, per-class NMS, the top scores kept).
 
     rois: [N, (y1, x1, y2, x2)] normalised proposals. probs: [N, num_classes].
     deltas: [N, num_classes, (dy, dx, log(dh), log(dw))]. window: (y1, x1, y2, x2) normalised.
     Returns detections [max_instances, (y1, x1, y2, x2, class_id, score)] and
     class_probs [max_instances, num_classes] (the probs row of each detection), zero-padded,
-    sorted by score.
+    sorted by score (equal scores: lower ROI index first).
+    The numbers are the reference's: same decoding, same NMS inputs and order, same top-k.
     """
-    # Best class per ROI, its score and its class-specific box delta.
-    class_ids = tf.argmax(probs, axis=1, output_type=tf.int32)  # [N]
-    indices = tf.stack([tf.range(tf.shape(probs)[0]), class_ids], axis=1)
-    class_scores = tf.gather_nd(probs, indices)  # [N]
-    deltas_specific = tf.gather_nd(deltas, indices)  # [N, 4]
-    refined_rois = apply_box_deltas_graph(rois, deltas_specific * as_float_array(bbox_std_dev))
-    refined_rois = clip_boxes_graph(refined_rois, window)  # [N, 4]
+    # [N] top class of each ROI and its probability; [N, 4] the box regressed for that class.
+    top_class = tf.argmax(probs, axis=1, output_type=tf.int32)
+    pick = tf.stack([tf.range(tf.shape(probs)[0]), top_class], axis=1)
+    top_score = tf.gather_nd(probs, pick)
+    refined = boxes.decode_tf(rois, tf.gather_nd(deltas, pick) * as_float_array(bbox_std_dev))
+    refined = boxes.clip_tf(refined, window)
 
-    # Candidates: not background, confident enough. Indices ascending.
-    candidate = class_ids > 0
+    candidate = top_class > 0  # background ROIs are never detections
     if min_confidence:
-        candidate = tf.logical_and(candidate, class_scores >= min_confidence)
-    keep = tf.where(candidate)[:, 0]  # [K] int64
+        candidate &= top_score >= min_confidence
+    survived = _survivors_of_classwise_nms(refined, top_score, top_class, candidate,
+                                           max_instances, nms_threshold)
 
-    pre_nms_class_ids = tf.gather(class_ids, keep)
-    pre_nms_scores = tf.gather(class_scores, keep)
-    pre_nms_rois = tf.gather(refined_rois, keep)
-    unique_class_ids = tf.unique(pre_nms_class_ids)[0]
+    # Best max_instances survivors; top_k breaks ties towards the lower ROI index.
+    survivor_ids = tf.where(survived)[:, 0]
+    survivor_scores = tf.gather(top_score, survivor_ids)
+    count = tf.minimum(tf.size(survivor_scores), max_instances)
+    chosen = tf.gather(survivor_ids, tf.math.top_k(survivor_scores, k=count).indices)
 
-    def nms_keep_map(class_id):
-        """ROI indices kept by NMS among one class, padded with -1 to max_instances."""
-        ixs = tf.where(tf.equal(pre_nms_class_ids, class_id))[:, 0]
-        class_keep = tf.image.non_max_suppression(
-            tf.gather(pre_nms_rois, ixs), tf.gather(pre_nms_scores, ixs),
-            max_output_size=max_instances, iou_threshold=nms_threshold)
-        class_keep = tf.gather(keep, tf.gather(ixs, class_keep))
-        gap = max_instances - tf.shape(class_keep)[0]
-        class_keep = tf.pad(class_keep, [(0, gap)], mode="CONSTANT", constant_values=-1)
-        class_keep.set_shape([max_instances])
-        return class_keep
-
-    nms_keep = tf.map_fn(nms_keep_map, unique_class_ids,
-                         fn_output_signature=tf.TensorSpec([max_instances], tf.int64))
-    nms_keep = tf.reshape(nms_keep, [-1])
-    nms_keep = tf.gather(nms_keep, tf.where(nms_keep > -1)[:, 0])
-    # Survivors, ascending ROI index (the order ties are broken in below).
-    survived = tf.scatter_nd(tf.expand_dims(nms_keep, 1), tf.ones_like(nms_keep, dtype=tf.bool),
-                             tf.shape(class_ids, out_type=tf.int64))
-    keep = tf.where(survived)[:, 0]
-
-    # Top max_instances by score.
-    class_scores_keep = tf.gather(class_scores, keep)
-    num_keep = tf.minimum(tf.shape(class_scores_keep)[0], max_instances)
-    top_ids = tf.nn.top_k(class_scores_keep, k=num_keep, sorted=True)[1]
-    keep = tf.gather(keep, top_ids)
-
-    detections = tf.concat([
-        tf.gather(refined_rois, keep),
-        tf.cast(tf.gather(class_ids, keep), tf.float32)[:, tf.newaxis],
-        tf.gather(class_scores, keep)[:, tf.newaxis]], axis=1)
-    kept_probs = tf.gather(probs, keep)
-    gap = max_instances - tf.shape(detections)[0]
-    detections = tf.pad(detections, [(0, gap), (0, 0)], "CONSTANT")
-    kept_probs = tf.pad(kept_probs, [(0, gap), (0, 0)], "CONSTANT")
-    return detections, kept_probs
+    rows = [tf.gather(refined, chosen),
+            tf.expand_dims(tf.cast(tf.gather(top_class, chosen), tf.float32), 1),
+            tf.expand_dims(tf.gather(top_score, chosen), 1)]
+    missing = [[0, max_instances - count], [0, 0]]
+    detections = tf.pad(tf.concat(rows, axis=1), missing)
+    return detections, tf.pad(tf.gather(probs, chosen), missing)
 
 
-class DetectionLayer(keras.layers.Layer):
+class DetectionLayer(Float32Layer):
     """Inputs: rois [batch, N, 4], mrcnn_class [batch, N, classes], mrcnn_bbox [batch, N, classes, 4],
     image_meta [batch, meta].
     Outputs: detections [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] in
@@ -83,7 +74,6 @@ class DetectionLayer(keras.layers.Layer):
 
     def __init__(self, config=None, bbox_std_dev=None, min_confidence=None, max_instances=None,
                  nms_threshold=None, images_per_gpu=None, **kwargs):
-        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         pick = lambda value, attr: value if value is not None else getattr(config, attr)  # noqa: E731
         self.bbox_std_dev = [float(v) for v in pick(bbox_std_dev, "BBOX_STD_DEV")]
@@ -96,7 +86,7 @@ class DetectionLayer(keras.layers.Layer):
         rois, mrcnn_class, mrcnn_bbox, image_meta = inputs
         meta = parse_image_meta_graph(image_meta)
         image_shape = meta["image_shape"][0]
-        window = norm_boxes_graph(meta["window"], image_shape[:2])  # [batch, 4]
+        window = boxes.normalize_tf(meta["window"], image_shape[:2])  # [batch, 4]
 
         def refine(r, p, d, w):
             return refine_detections_graph(r, p, d, w, self.bbox_std_dev, self.min_confidence,

@@ -7,12 +7,13 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
+
+from mrcnn import atomic
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +115,8 @@ def download_file(url, dest_path, sha256=None, expected_size=None, md5=None, pro
     except (OSError, ValueError, http.client.HTTPException) as e:
         raise _unreachable(url, dest, e) from e
 
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with response, os.fdopen(fd, "wb") as out:
+    with atomic.atomic_path(dest) as tmp:
+        with response, open(tmp, "wb") as out:
             header_length = response.headers.get("Content-Length")
             total = int(header_length) if header_length and header_length.isdigit() else None
             hashes = {name: hashlib.new(name) for name, want in (("sha256", sha256), ("md5", md5))
@@ -137,8 +136,6 @@ def download_file(url, dest_path, sha256=None, expected_size=None, md5=None, pro
                         digest.update(chunk)
                     written += len(chunk)
                     bar.update(len(chunk))
-            out.flush()
-            os.fsync(out.fileno())
         if total is not None and written != total:
             raise DownloadError(f"{url} sent {written} of {total} bytes; the download was cut short, retry")
         if expected_size is not None and written != expected_size:
@@ -151,11 +148,6 @@ def download_file(url, dest_path, sha256=None, expected_size=None, md5=None, pro
                     raise DownloadError(f"{url} gave a file with {name} {actual}, expected {expected}")
         if check is not None:
             check(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     log.info("Downloaded %s to %s (%d bytes)", url, dest, written)
     return dest
 

@@ -4,11 +4,11 @@ TimeDistributed wrapper, and the box helpers that run inside custom layers.
 Everything named `*_graph` works on tf tensors inside a layer's `call()`; it must never be
 given KerasTensors (Keras 3 rejects tf ops on them).
 """
-import math
-
 import keras
 import numpy as np
 import tensorflow as tf
+
+from mrcnn import boxes
 
 BN_EPSILON = 1e-3
 
@@ -60,68 +60,27 @@ class TimeDistributed(keras.layers.TimeDistributed):
         return out
 
 
+class Float32Layer(keras.layers.Layer):
+    """A layer that computes in float32 whatever the precision policy: box arithmetic,
+    sampling and losses lose too much in float16. A `dtype` passed in still wins."""
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("dtype", "float32")
+        super().__init__(**kwargs)
+
+
 def time_distributed(layer_cls, name, *args, **kwargs):
     """TimeDistributed(layer_cls(*args, name=name, **kwargs), name=name)."""
     return TimeDistributed(layer_cls(*args, name=name, **kwargs), name=name)
 
 
-# --- Box helpers (tf) ---------------------------------------------------------------------
+# --- Box helpers (tf): Matterport's names for the coder in mrcnn.boxes ----------------------
 
-BOX_SCALE_CLAMP = math.log(1000.0 / 16)
-
-
-def apply_box_deltas_graph(boxes, deltas):
-    """Apply [N, (dy, dx, log(dh), log(dw))] deltas to [N, (y1, x1, y2, x2)] boxes.
-
-    An untrained or early network can predict huge or non-finite deltas: those are zeroed
-    and the log-scales capped at log(1000/16) (as detectron2 does), so a box is never NaN
-    (inf - inf) and never crashes ROI alignment. Trained deltas are far inside the cap.
-    """
-    deltas = tf.where(tf.math.is_finite(deltas), deltas, tf.zeros_like(deltas))
-    deltas = tf.concat([deltas[:, :2], tf.minimum(deltas[:, 2:], BOX_SCALE_CLAMP)], axis=1)
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
-    center_y += deltas[:, 0] * height
-    center_x += deltas[:, 1] * width
-    height *= tf.exp(deltas[:, 2])
-    width *= tf.exp(deltas[:, 3])
-    y1 = center_y - 0.5 * height
-    x1 = center_x - 0.5 * width
-    y2 = y1 + height
-    x2 = x1 + width
-    return tf.stack([y1, x1, y2, x2], axis=1)
-
-
-def clip_boxes_graph(boxes, window):
-    """Clip [N, (y1, x1, y2, x2)] boxes to window (wy1, wx1, wy2, wx2)."""
-    wy1, wx1, wy2, wx2 = tf.split(tf.cast(window, boxes.dtype), 4)
-    y1, x1, y2, x2 = tf.split(boxes, 4, axis=1)
-    y1 = tf.maximum(tf.minimum(y1, wy2), wy1)
-    x1 = tf.maximum(tf.minimum(x1, wx2), wx1)
-    y2 = tf.maximum(tf.minimum(y2, wy2), wy1)
-    x2 = tf.maximum(tf.minimum(x2, wx2), wx1)
-    clipped = tf.concat([y1, x1, y2, x2], axis=1)
-    clipped.set_shape((boxes.shape[0], 4))
-    return clipped
-
-
-def norm_boxes_graph(boxes, shape):
-    """Pixel boxes -> normalised coordinates (Matterport's convention: (y2, x2) exclusive,
-    so a box of the whole image becomes (0, 0, 1, 1)). shape: (height, width)."""
-    h, w = tf.split(tf.cast(shape, tf.float32), 2)
-    scale = tf.concat([h, w, h, w], axis=-1) - tf.constant(1.0)
-    shift = tf.constant([0., 0., 1., 1.])
-    return tf.divide(boxes - shift, scale)
-
-
-def denorm_boxes_graph(boxes, shape):
-    """Normalised boxes -> integer pixel boxes (inverse of norm_boxes_graph)."""
-    h, w = tf.split(tf.cast(shape, tf.float32), 2)
-    scale = tf.concat([h, w, h, w], axis=-1) - tf.constant(1.0)
-    shift = tf.constant([0., 0., 1., 1.])
-    return tf.cast(tf.round(tf.multiply(boxes, scale) + shift), tf.int32)
+BOX_SCALE_CLAMP = boxes.LOG_SCALE_LIMIT
+apply_box_deltas_graph = boxes.decode_tf
+clip_boxes_graph = boxes.clip_tf
+norm_boxes_graph = boxes.normalize_tf
+denorm_boxes_graph = boxes.denormalize_tf
 
 
 def log2_graph(x):
@@ -134,30 +93,28 @@ def batch_slice(inputs, graph_fn, batch_size, names=None):
 
     inputs: a tensor or list of tensors, all with the batch on axis 0. The batch size is the
     static one of inputs[0] when known (so one graph serves any batch size fed through a fixed
-    signature), else `batch_size`. graph_fn returns a tensor or a list of tensors.
+    signature), else `batch_size`. graph_fn returns a tensor or a list of tensors; so does
+    batch_slice. names: optional names of the stacked outputs.
     """
-    if not isinstance(inputs, (list, tuple)):
-        inputs = [inputs]
-    static = inputs[0].shape[0]
-    count = static if static is not None else batch_size
-    outputs = []
-    for i in range(count):
-        result = graph_fn(*[x[i] for x in inputs])
-        if not isinstance(result, (list, tuple)):
-            result = [result]
-        outputs.append(result)
-    outputs = list(zip(*outputs))
-    if names is None:
-        names = [None] * len(outputs)
-    result = [tf.stack(o, axis=0, name=n) for o, n in zip(outputs, names)]
-    return result[0] if len(result) == 1 else result
+    tensors = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+    items = tensors[0].shape[0]
+    if items is None:
+        items = batch_size
+    per_item = []
+    for index in range(items):
+        out = graph_fn(*(t[index] for t in tensors))
+        per_item.append(tuple(out) if isinstance(out, (list, tuple)) else (out,))
+    stacked = [tf.stack([item[k] for item in per_item], axis=0,
+                        name=None if names is None else names[k])
+               for k in range(len(per_item[0]))]
+    return stacked if len(stacked) > 1 else stacked[0]
 
 
 def trim_zeros_graph(boxes, name="trim_zeros"):
-    """Drop all-zero rows of [N, 4] boxes; returns (boxes, non_zeros bool mask)."""
-    non_zeros = tf.cast(tf.reduce_sum(tf.abs(boxes), axis=1), tf.bool)
-    boxes = tf.boolean_mask(boxes, non_zeros, name=name)
-    return boxes, non_zeros
+    """Drop the all-zero (padding) rows of [N, 4] boxes.
+    Returns (boxes [n, 4], non_zeros [N] bool: which rows were kept)."""
+    non_zeros = tf.reduce_any(tf.not_equal(boxes, 0), axis=1)
+    return tf.boolean_mask(boxes, non_zeros, name=name), non_zeros
 
 
 def as_float_array(values):

@@ -20,6 +20,7 @@ from mrcnn.backbone import build_backbone
 from mrcnn.detection import DetectionLayer
 from mrcnn.fpn import fpn_graph
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
+from mrcnn.layers import Float32Layer
 from mrcnn.proposal import ProposalLayer
 from mrcnn.rpn import build_rpn_model, rpn_outputs
 
@@ -42,12 +43,8 @@ def register_graph_builder(mode, builder):
     _GRAPH_BUILDERS[mode] = builder
 
 
-class DetectionBoxes(keras.layers.Layer):
+class DetectionBoxes(Float32Layer):
     """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, inputs):
         return inputs[..., :4]
@@ -100,9 +97,10 @@ def _precision_policy(policy):
 
 
 def _distribution_scope(mode, config):
-    """Training with GPU_COUNT > 1 builds its variables under a tf.distribute strategy
-    (mrcnn.training.distribution_strategy); everything else builds without one."""
-    if mode == "training" and config.GPU_COUNT > 1:
+    """Training with GPU_COUNT > 1 or with TF_CONFIG set builds its variables under a
+    tf.distribute strategy (mrcnn.training.distribution_strategy); everything else builds
+    without one."""
+    if mode == "training" and (config.GPU_COUNT > 1 or os.environ.get("TF_CONFIG")):
         from mrcnn import training
         return training.distribution_strategy(config).scope()
     return contextlib.nullcontext()

@@ -3,119 +3,116 @@
 "Molding" resizes and mean-subtracts an image and records where it went (the image meta);
 "unmolding" maps network outputs (normalised boxes, 28x28 masks) back to the original image.
 """
-import math
-
 import numpy as np
 
+from mrcnn import boxes as boxes_lib
 from mrcnn import utils
+from mrcnn.config import BACKBONES
+
+
+# Matterport's image meta layout: (field, first column, end column or None for "to the end").
+META_FIELDS = (("image_id", 0, 1), ("original_image_shape", 1, 4), ("image_shape", 4, 7),
+               ("window", 7, 11), ("scale", 11, 12), ("active_class_ids", 12, None))
+_SCALAR_FIELDS = ("image_id", "scale")
 
 
 def compose_image_meta(image_id, original_image_shape, image_shape, window, scale, active_class_ids):
-    """One image's attributes as a 1D array (Matterport's layout):
+    """One image's attributes as a 1D array (Matterport's layout, `META_FIELDS`):
     image_id(1), original_image_shape(3), image_shape(3), window(4) in pixels of the molded
     image (y1, x1, y2, x2), scale(1), active_class_ids(NUM_CLASSES)."""
-    return np.array([image_id] + list(original_image_shape) + list(image_shape) + list(window)
-                    + [scale] + list(active_class_ids))
+    parts = (np.atleast_1d(image_id), original_image_shape, image_shape, window,
+             np.atleast_1d(scale), active_class_ids)
+    return np.concatenate([np.asarray(part).reshape(-1) for part in parts])
+
+
+def _split_meta(meta):
+    """{field: columns of `meta` [batch, meta length]}; scalar fields lose their column axis."""
+    return {name: meta[:, first] if name in _SCALAR_FIELDS else meta[:, first:end]
+            for name, first, end in META_FIELDS}
 
 
 def parse_image_meta(meta):
-    """[batch, meta length] numpy array -> dict of its components (numpy)."""
-    meta = np.asarray(meta)
-    return {
-        "image_id": meta[:, 0].astype(np.int32),
-        "original_image_shape": meta[:, 1:4].astype(np.int32),
-        "image_shape": meta[:, 4:7].astype(np.int32),
-        "window": meta[:, 7:11].astype(np.int32),
-        "scale": meta[:, 11].astype(np.float32),
-        "active_class_ids": meta[:, 12:].astype(np.int32),
-    }
+    """[batch, meta length] numpy array -> dict of its components (numpy; scale float32,
+    everything else int32)."""
+    fields = _split_meta(np.asarray(meta))
+    return {name: values.astype(np.float32 if name == "scale" else np.int32)
+            for name, values in fields.items()}
 
 
 def parse_image_meta_graph(meta):
     """[batch, meta length] tensor -> dict of its components (tensors, float)."""
-    return {
-        "image_id": meta[:, 0],
-        "original_image_shape": meta[:, 1:4],
-        "image_shape": meta[:, 4:7],
-        "window": meta[:, 7:11],
-        "scale": meta[:, 11],
-        "active_class_ids": meta[:, 12:],
-    }
+    return _split_meta(meta)
 
 
 def mold_image(images, config):
-    """RGB image(s) -> float32 network input: subtract the mean pixel."""
-    return images.astype(np.float32) - config.MEAN_PIXEL
+    """RGB image(s) -> float32 network input: the mean pixel subtracted."""
+    return np.asarray(images, dtype=np.float32) - config.MEAN_PIXEL
 
 
 def unmold_image(normalized_images, config):
     """Inverse of mold_image, back to uint8."""
-    return (normalized_images + config.MEAN_PIXEL).astype(np.uint8)
+    return np.asarray(normalized_images + config.MEAN_PIXEL).astype(np.uint8)
 
 
 def mold_inputs(images, config):
     """List of HxWxC images -> (molded_images [N, h, w, C] float32, image_metas [N, meta],
-    windows [N, (y1, x1, y2, x2)] where each original image sits in its molded image)."""
-    molded_images, image_metas, windows = [], [], []
+    windows [N, (y1, x1, y2, x2)] where each original image sits in its molded image).
+    Resizing is `utils.resize_image` with the config's mode, as the reference molds."""
+    no_active_classes = np.zeros([config.NUM_CLASSES], dtype=np.int32)
+    molded, metas, windows = [], [], []
     for image in images:
-        molded, window, scale, _padding, _crop = utils.resize_image(
+        resized, window, scale = utils.resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
-        molded = mold_image(molded, config)
-        meta = compose_image_meta(0, image.shape, molded.shape, window, scale,
-                                  np.zeros([config.NUM_CLASSES], dtype=np.int32))
-        molded_images.append(molded)
-        image_metas.append(meta)
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)[:3]
+        molded.append(mold_image(resized, config))
+        metas.append(compose_image_meta(0, image.shape, resized.shape, window, scale, no_active_classes))
         windows.append(window)
-    return (np.stack(molded_images).astype(np.float32), np.stack(image_metas).astype(np.float32),
+    return (np.stack(molded).astype(np.float32), np.stack(metas).astype(np.float32),
             np.stack(windows))
 
 
 def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape, window, class_probs=None):
     """One image's network outputs -> results in the original image frame.
 
-    detections: [N, (y1, x1, y2, x2, class_id, score)] normalised, zero-padded.
+    detections: [N, (y1, x1, y2, x2, class_id, score)] normalised, zero-padded (the first
+    row with class 0 ends the list).
     mrcnn_mask: [N, height, width, num_classes] soft masks.
     class_probs: optional [N, num_classes] softmax rows of the same detections.
     Returns boxes [n, (y1, x1, y2, x2)] int32 pixels, class_ids [n] int32, scores [n] float32,
-    masks [H, W, n] bool, and class_probs [n, num_classes] float32 (when given).
+    masks [H, W, n] bool, and class_probs [n, num_classes] float32 (when given). Boxes that
+    round to an empty area are dropped with everything that belongs to them.
+    The arithmetic (window shift and scale in float32, then rounding) is the reference's,
+    so boxes and masks agree with it pixel for pixel.
     """
-    zero_ix = np.where(detections[:, 4] == 0)[0]
-    n = zero_ix[0] if zero_ix.shape[0] > 0 else detections.shape[0]
+    detections = np.asarray(detections)
+    padding = np.flatnonzero(detections[:, 4] == 0)
+    count = int(padding[0]) if padding.size else detections.shape[0]
+    class_ids = detections[:count, 4].astype(np.int32)
+    fields = {
+        "scores": detections[:count, 5].astype(np.float32),
+        "class_ids": class_ids,
+        "masks": mrcnn_mask[np.arange(count), :, :, class_ids],   # [n, h, w] of each own class
+    }
+    if class_probs is not None:
+        fields["probs"] = np.asarray(class_probs[:count], dtype=np.float32)
 
-    boxes = detections[:n, :4]
-    class_ids = detections[:n, 4].astype(np.int32)
-    scores = detections[:n, 5].astype(np.float32)
-    masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-    probs = None if class_probs is None else np.asarray(class_probs[:n], dtype=np.float32)
-
-    # Normalised boxes of the molded image -> normalised boxes of the window -> pixels.
-    window = utils.norm_boxes(window, image_shape[:2])
-    wy1, wx1, wy2, wx2 = window
-    shift = np.array([wy1, wx1, wy1, wx1])
-    wh = wy2 - wy1
-    ww = wx2 - wx1
-    scale = np.array([wh, ww, wh, ww])
-    boxes = np.divide(boxes - shift, scale)
-    boxes = utils.denorm_boxes(boxes, original_image_shape[:2])
-
-    exclude = np.where((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) <= 0)[0]
-    if exclude.shape[0] > 0:
-        boxes = np.delete(boxes, exclude, axis=0)
-        class_ids = np.delete(class_ids, exclude, axis=0)
-        scores = np.delete(scores, exclude, axis=0)
-        masks = np.delete(masks, exclude, axis=0)
-        if probs is not None:
-            probs = np.delete(probs, exclude, axis=0)
-        n = class_ids.shape[0]
+    # Normalised in the molded image -> normalised in the window -> pixels of the original.
+    window = boxes_lib.normalize_np(window, image_shape[:2])
+    origin = np.tile(window[:2], 2)
+    extent = np.tile(window[2:] - window[:2], 2)
+    pixel_boxes = boxes_lib.denormalize_np((detections[:count, :4] - origin) / extent,
+                                           original_image_shape[:2])
+    visible = boxes_lib.areas_np(pixel_boxes) > 0
+    pixel_boxes = pixel_boxes[visible]
+    fields = {name: values[visible] for name, values in fields.items()}
 
     # Pasted straight into one [H, W, n] array: stacking n full-size masks costs ~1 s at 1024 x 1024.
-    full_masks = np.zeros(tuple(original_image_shape[:2]) + (n,), dtype=bool)
-    for i in range(n):
-        utils.unmold_mask(masks[i], boxes[i], original_image_shape, out=full_masks[..., i])
-    result = (boxes.astype(np.int32), class_ids, scores, full_masks)
+    full_masks = np.zeros(tuple(original_image_shape[:2]) + (len(pixel_boxes),), dtype=bool)
+    for i, (small, box) in enumerate(zip(fields["masks"], pixel_boxes)):
+        utils.unmold_mask(small, box, original_image_shape, out=full_masks[..., i])
+    result = (pixel_boxes.astype(np.int32), fields["class_ids"], fields["scores"], full_masks)
     if class_probs is not None:
-        result += (probs,)
+        result += (fields["probs"],)
     return result
 
 
@@ -126,10 +123,10 @@ def compute_backbone_shapes(config, image_shape):
             raise ValueError("a callable Config.BACKBONE needs Config.COMPUTE_BACKBONE_SHAPE "
                              "(a function image_shape -> feature map shapes)")
         return config.COMPUTE_BACKBONE_SHAPE(image_shape)
-    if config.BACKBONE not in ("resnet50", "resnet101", "resnet18"):
+    if config.BACKBONE not in BACKBONES:
         raise ValueError(f"unknown Config.BACKBONE {config.BACKBONE!r}")
-    return np.array([[int(math.ceil(image_shape[0] / stride)), int(math.ceil(image_shape[1] / stride))]
-                     for stride in config.BACKBONE_STRIDES])
+    strides = np.asarray(config.BACKBONE_STRIDES, dtype=np.float64)[:, None]   # [levels, 1]
+    return np.ceil(np.asarray(image_shape[:2], dtype=np.float64)[None, :] / strides).astype(int)
 
 
 __all__ = ["compose_image_meta", "parse_image_meta", "parse_image_meta_graph", "mold_image",

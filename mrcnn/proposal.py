@@ -1,11 +1,11 @@
 """ProposalLayer: RPN scores and deltas -> a fixed number of proposals per image."""
-import keras
 import tensorflow as tf
 
-from mrcnn.layers import apply_box_deltas_graph, as_float_array, batch_slice, clip_boxes_graph
+from mrcnn import boxes as box_coder
+from mrcnn.layers import Float32Layer, as_float_array, batch_slice
 
 
-class ProposalLayer(keras.layers.Layer):
+class ProposalLayer(Float32Layer):
     """Keeps the PRE_NMS_LIMIT best-scored anchors, refines them with the RPN deltas
     (times RPN_BBOX_STD_DEV), clips them to the image (normalised window 0..1), applies NMS
     and zero-pads to `proposal_count`.
@@ -17,7 +17,6 @@ class ProposalLayer(keras.layers.Layer):
 
     def __init__(self, proposal_count, nms_threshold, config=None, pre_nms_limit=None,
                  images_per_gpu=None, rpn_bbox_std_dev=None, **kwargs):
-        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         self.proposal_count = int(proposal_count)
         self.nms_threshold = float(nms_threshold)
@@ -39,10 +38,10 @@ class ProposalLayer(keras.layers.Layer):
         pre_nms_anchors = tf.gather(anchors, ix, batch_dims=1)
 
         # [batch, k, (y1, x1, y2, x2)] refined and clipped to the image
-        boxes = batch_slice([pre_nms_anchors, deltas], apply_box_deltas_graph, self.images_per_gpu,
+        boxes = batch_slice([pre_nms_anchors, deltas], box_coder.decode_tf, self.images_per_gpu,
                             names=["refined_anchors"])
         window = tf.constant([0., 0., 1., 1.], dtype=tf.float32)
-        boxes = batch_slice(boxes, lambda b: clip_boxes_graph(b, window), self.images_per_gpu,
+        boxes = batch_slice(boxes, lambda b: box_coder.clip_tf(b, window), self.images_per_gpu,
                             names=["refined_anchors_clipped"])
 
         def nms(image_boxes, image_scores):

@@ -1,69 +1,68 @@
 """PyramidROIAlign: crops a fixed-size feature patch for every box from its pyramid level."""
-import keras
 import tensorflow as tf
 
-from mrcnn.layers import log2_graph
+from mrcnn.layers import Float32Layer, log2_graph
 from mrcnn.molding import parse_image_meta_graph
+
+# The FPN levels boxes are pooled from, P2..P5 (the order of the feature-map inputs).
+POOLED_LEVELS = (2, 3, 4, 5)
+# FPN paper eq. 1: a box of 224 x 224 pixels (ImageNet's size) belongs to level 4.
+CANONICAL_SIZE = 224.0
+CANONICAL_LEVEL = 4.0
 
 
 def roi_level_graph(boxes, image_shape):
-    """Pyramid level (2..5) per box, Matterport's rule: a 224x224 box (in pixels of a
-    224-square image's scale) goes to P4, each halving of sqrt(area) one level down.
+    """Pyramid level (2..5) per box, the FPN paper's rule k = k0 + log2(sqrt(wh) / 224)
+    rounded, with the box side measured in pixels of a square image of the same area
+    (the reference's variant, which the COCO weights' heads were trained with).
 
     boxes: [batch, num_boxes, (y1, x1, y2, x2)] normalised. image_shape: (h, w, c) of the
     molded image. Returns [batch, num_boxes] int32. Zero-area (padding) boxes get level 2.
     """
-    y1, x1, y2, x2 = tf.split(boxes, 4, axis=2)
-    h = y2 - y1
-    w = x2 - x1
-    image_area = tf.cast(image_shape[0] * image_shape[1], tf.float32)
-    level = log2_graph(tf.sqrt(h * w) / (224.0 / tf.sqrt(image_area)))
-    # Clip in float: log2(0) = -inf becomes level 2 (Matterport's int cast gives the same).
-    level = tf.clip_by_value(4.0 + tf.round(level), 2.0, 5.0)
-    level = tf.where(tf.math.is_nan(level), 2.0, level)
-    return tf.squeeze(tf.cast(level, tf.int32), 2)
+    height = boxes[..., 2] - boxes[..., 0]
+    width = boxes[..., 3] - boxes[..., 1]
+    image_side = tf.sqrt(tf.cast(image_shape[0] * image_shape[1], tf.float32))
+    octave = log2_graph(tf.sqrt(height * width) / (CANONICAL_SIZE / image_side))
+    # In float so that log2(0) = -inf lands on level 2; NaN (0 / 0 boxes) too.
+    level = tf.clip_by_value(CANONICAL_LEVEL + tf.round(octave),
+                             float(POOLED_LEVELS[0]), float(POOLED_LEVELS[-1]))
+    level = tf.where(tf.math.is_nan(level), float(POOLED_LEVELS[0]), level)
+    return tf.cast(level, tf.int32)
 
 
-class PyramidROIAlign(keras.layers.Layer):
+class PyramidROIAlign(Float32Layer):
     """Inputs: boxes [batch, num_boxes, (y1, x1, y2, x2)] normalised,
                image_meta [batch, meta], feature maps P2..P5 [batch, h, w, channels].
     Output: [batch, num_boxes, pool_h, pool_w, channels], in the order of the boxes.
-    Sampling is tf.image.crop_and_resize (bilinear) on normalised boxes.
+    Sampling is tf.image.crop_and_resize (bilinear) on normalised boxes; boxes get no
+    gradient (as in the reference).
     """
 
     def __init__(self, pool_shape, **kwargs):
-        kwargs.setdefault("dtype", "float32")  # box math stays float32 under mixed precision
         super().__init__(**kwargs)
         self.pool_shape = tuple(int(v) for v in pool_shape)
 
     def call(self, inputs):
-        boxes = inputs[0]
-        image_meta = inputs[1]
+        boxes, image_meta = inputs[0], inputs[1]
         feature_maps = inputs[2:]
-
         image_shape = parse_image_meta_graph(image_meta)["image_shape"][0]
-        roi_level = roi_level_graph(boxes, image_shape)  # [batch, num_boxes]
 
-        pooled = []
-        box_to_level = []
-        for i, level in enumerate(range(2, 6)):
-            ix = tf.where(tf.equal(roi_level, level))  # [n_level, (batch index, box index)]
-            level_boxes = tf.stop_gradient(tf.gather_nd(boxes, ix))
-            box_indices = tf.stop_gradient(tf.cast(ix[:, 0], tf.int32))
-            box_to_level.append(ix)
-            pooled.append(tf.image.crop_and_resize(feature_maps[i], level_boxes, box_indices,
-                                                   self.pool_shape, method="bilinear"))
-        pooled = tf.concat(pooled, axis=0)  # [all boxes grouped by level, ph, pw, channels]
+        # Flatten [batch, num_boxes] into one list of boxes, each knowing its image.
+        batch_and_count = tf.shape(boxes)[:2]
+        flat_boxes = tf.stop_gradient(tf.reshape(boxes, [-1, 4]))                  # [B * N, 4]
+        image_of_box = tf.repeat(tf.range(batch_and_count[0]), batch_and_count[1])  # [B * N]
+        slot = tf.reshape(roi_level_graph(boxes, image_shape), [-1]) - POOLED_LEVELS[0]
 
-        # Back to (batch, box) order: position of each crop in the flattened [batch * num_boxes].
-        box_to_level = tf.concat(box_to_level, axis=0)
-        num_boxes = tf.cast(tf.shape(boxes)[1], tf.int64)
-        flat_index = box_to_level[:, 0] * num_boxes + box_to_level[:, 1]
-        order = tf.argsort(flat_index, stable=True)
-        pooled = tf.gather(pooled, order)
+        # Partition the boxes by level, crop each part from its map, stitch back in box order.
+        parts = len(POOLED_LEVELS)
+        positions = tf.dynamic_partition(tf.range(tf.size(slot)), slot, parts)
+        level_boxes = tf.dynamic_partition(flat_boxes, slot, parts)
+        level_images = tf.dynamic_partition(image_of_box, slot, parts)
+        crops = [tf.image.crop_and_resize(fmap, b, i, self.pool_shape, method="bilinear")
+                 for fmap, b, i in zip(feature_maps, level_boxes, level_images)]
+        pooled = tf.dynamic_stitch(positions, crops)                    # [B * N, ph, pw, C]
 
-        shape = tf.concat([tf.shape(boxes)[:2], tf.shape(pooled)[1:]], axis=0)
-        pooled = tf.reshape(pooled, shape)
+        pooled = tf.reshape(pooled, tf.concat([batch_and_count, tf.shape(pooled)[1:]], axis=0))
         pooled.set_shape(self.compute_output_shape([b.shape for b in inputs]))
         return pooled
 

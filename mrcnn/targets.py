@@ -9,8 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mrcnn import utils
-from mrcnn.layers import trim_zeros_graph
+from mrcnn import boxes as box_coder
+from mrcnn.layers import Float32Layer, trim_zeros_graph
 
 # IoU thresholds of the RPN (Faster R-CNN's) and of the detection heads.
 RPN_POSITIVE_IOU = 0.7
@@ -49,31 +49,26 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
     rpn_match = np.zeros([num_anchors], dtype=np.int32)
     rpn_bbox = np.zeros((max_anchors, 4), dtype=np.float32)
 
-    crowd = gt_class_ids < 0
-    if crowd.any():
-        crowd_overlaps = utils.compute_overlaps(anchors, gt_boxes[crowd])
-        not_crowd_anchor = crowd_overlaps.max(axis=1) < CROWD_IOU
-    else:
-        not_crowd_anchor = np.ones([num_anchors], dtype=bool)
-    instance = gt_class_ids > 0
-    gt_boxes = gt_boxes[instance]
+    # Anchors touching a crowd box are never negatives (they may still become positives).
+    is_crowd = gt_class_ids < 0
+    crowd_iou = box_coder.iou_np(anchors, gt_boxes[is_crowd])                  # [A, crowds]
+    off_crowd = ~np.any(crowd_iou >= CROWD_IOU, axis=1)
+    gt_boxes = gt_boxes[gt_class_ids > 0]
 
-    if gt_boxes.shape[0] == 0:
-        rpn_match[not_crowd_anchor] = -1
-        anchor_iou_argmax = np.zeros([num_anchors], dtype=np.int64)
+    nearest_gt = np.zeros([num_anchors], dtype=np.int64)
+    if len(gt_boxes) == 0:
+        rpn_match[off_crowd] = -1
     else:
-        overlaps = utils.compute_overlaps(anchors, gt_boxes)  # [A, G]
-        anchor_iou_argmax = np.argmax(overlaps, axis=1)
-        anchor_iou_max = overlaps[np.arange(num_anchors), anchor_iou_argmax]
-        # Negatives first; matches below overwrite them.
-        rpn_match[(anchor_iou_max < RPN_NEGATIVE_IOU) & not_crowd_anchor] = -1
-        # Every GT box gets its best anchor(s), whatever the IoU. A GT box that touches no
-        # anchor at all (best IoU 0) is skipped: otherwise every non-overlapping anchor
-        # would tie for "best" (a Matterport quirk).
-        gt_best = overlaps.max(axis=0)  # [G]
-        best_anchor_ids = np.argwhere((overlaps == gt_best) & (gt_best > 0))[:, 0]
-        rpn_match[best_anchor_ids] = 1
-        rpn_match[anchor_iou_max >= RPN_POSITIVE_IOU] = 1
+        iou = box_coder.iou_np(anchors, gt_boxes)                              # [A, G]
+        nearest_gt = iou.argmax(axis=1)
+        best_iou = iou.max(axis=1)
+        # Faster R-CNN sec. 3.1.2: negatives below 0.3 (off crowds), positives from 0.7 up,
+        # plus, for each GT box, the anchor(s) overlapping it most. A GT box overlapping no
+        # anchor at all is left out here: otherwise every anchor would tie as its "best".
+        rpn_match[off_crowd & (best_iou < RPN_NEGATIVE_IOU)] = -1
+        per_gt_best = iou.max(axis=0)                                          # [G]
+        is_best_for_some_gt = np.any((iou == per_gt_best) & (per_gt_best > 0), axis=1)
+        rpn_match[is_best_for_some_gt | (best_iou >= RPN_POSITIVE_IOU)] = 1
 
     # Balance: at most half positives, negatives fill up to RPN_TRAIN_ANCHORS_PER_IMAGE.
     ids = np.where(rpn_match == 1)[0]
@@ -86,46 +81,15 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
         rpn_match[rng.choice(ids, extra, replace=False)] = 0
 
     # Deltas from each positive anchor to its closest GT box (possibly IoU < 0.7).
-    ids = np.where(rpn_match == 1)[0]
-    if len(ids):
-        deltas = utils.box_refinement(anchors[ids], gt_boxes[anchor_iou_argmax[ids]])
-        rpn_bbox[:len(ids)] = deltas / np.asarray(config.RPN_BBOX_STD_DEV, dtype=np.float32)
+    positive = np.flatnonzero(rpn_match == 1)
+    rpn_bbox[:positive.size] = box_coder.encode_np(anchors[positive], gt_boxes[nearest_gt[positive]],
+                                                   config.RPN_BBOX_STD_DEV)
     return rpn_match, rpn_bbox
 
 
 ############################################################
 #  Detection targets (graph)
 ############################################################
-
-def _overlaps_graph(boxes1, boxes2):
-    """IoU matrix [N1, N2] of boxes1 [N1, 4] and boxes2 [N2, 4] (0 where the union is 0)."""
-    b1 = boxes1[:, tf.newaxis, :]  # [N1, 1, 4]
-    b2 = boxes2[tf.newaxis, :, :]  # [1, N2, 4]
-    y1 = tf.maximum(b1[..., 0], b2[..., 0])
-    x1 = tf.maximum(b1[..., 1], b2[..., 1])
-    y2 = tf.minimum(b1[..., 2], b2[..., 2])
-    x2 = tf.minimum(b1[..., 3], b2[..., 3])
-    intersection = tf.maximum(y2 - y1, 0.0) * tf.maximum(x2 - x1, 0.0)
-    area1 = (b1[..., 2] - b1[..., 0]) * (b1[..., 3] - b1[..., 1])
-    area2 = (b2[..., 2] - b2[..., 0]) * (b2[..., 3] - b2[..., 1])
-    return tf.math.divide_no_nan(intersection, area1 + area2 - intersection)
-
-
-def _box_refinement_graph(boxes, gt_boxes):
-    """[N, (dy, dx, log(dh), log(dw))] that move boxes [N, 4] onto gt_boxes [N, 4]."""
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height
-    center_x = boxes[:, 1] + 0.5 * width
-    gt_height = gt_boxes[:, 2] - gt_boxes[:, 0]
-    gt_width = gt_boxes[:, 3] - gt_boxes[:, 1]
-    gt_center_y = gt_boxes[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_boxes[:, 1] + 0.5 * gt_width
-    return tf.stack([(gt_center_y - center_y) / height,
-                     (gt_center_x - center_x) / width,
-                     tf.math.log(gt_height / height),
-                     tf.math.log(gt_width / width)], axis=1)
-
 
 def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config):
     """Sample ROIs from one image's proposals and compute their class, delta and mask targets.
@@ -142,82 +106,67 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config)
     """
     num_rois = config.TRAIN_ROIS_PER_IMAGE
     ratio = float(config.ROI_POSITIVE_RATIO)
-    proposals = tf.cast(proposals, tf.float32)
+    proposals, _ = trim_zeros_graph(tf.cast(proposals, tf.float32))
     gt_boxes = tf.cast(gt_boxes, tf.float32)
     gt_class_ids = tf.cast(gt_class_ids, tf.int32)
 
-    proposals, _ = trim_zeros_graph(proposals)
-    gt_boxes, non_zeros = trim_zeros_graph(gt_boxes)
-    gt_class_ids = tf.boolean_mask(gt_class_ids, non_zeros)
-    gt_masks = tf.gather(gt_masks, tf.where(non_zeros)[:, 0], axis=2)
+    # Split the non-padding GT rows into crowds (negative ids) and instances (positive ids).
+    present = tf.reduce_any(tf.not_equal(gt_boxes, 0), axis=1)
+    crowd_boxes = tf.boolean_mask(gt_boxes, present & (gt_class_ids < 0))
+    instance = present & (gt_class_ids > 0)
+    gt_boxes = tf.boolean_mask(gt_boxes, instance)                    # [G, 4]
+    gt_class_ids = tf.boolean_mask(gt_class_ids, instance)            # [G]
+    gt_masks = tf.boolean_mask(gt_masks, instance, axis=2)            # [h, w, G]
+    has_gt = tf.shape(gt_boxes)[0] > 0
 
-    crowd_ix = tf.where(gt_class_ids < 0)[:, 0]
-    instance_ix = tf.where(gt_class_ids > 0)[:, 0]
-    crowd_boxes = tf.gather(gt_boxes, crowd_ix)
-    gt_class_ids = tf.gather(gt_class_ids, instance_ix)
-    gt_boxes = tf.gather(gt_boxes, instance_ix)
-    gt_masks = tf.gather(gt_masks, instance_ix, axis=2)
-    num_gt = tf.shape(gt_boxes)[0]
+    iou = box_coder.iou_tf(proposals, gt_boxes)                       # [N, G]
+    best_iou = tf.reduce_max(iou, axis=1)                             # -inf without GT
+    near_crowd = tf.reduce_max(box_coder.iou_tf(proposals, crowd_boxes), axis=1) >= CROWD_IOU
+    positive_pool = tf.where(best_iou >= ROI_POSITIVE_IOU)[:, 0]
+    negative_pool = tf.where((best_iou < ROI_POSITIVE_IOU) & ~near_crowd)[:, 0]
 
-    overlaps = _overlaps_graph(proposals, gt_boxes)  # [N, G]
-    crowd_iou_max = tf.reduce_max(_overlaps_graph(proposals, crowd_boxes), axis=1)  # -inf without crowds
-    not_crowd = crowd_iou_max < CROWD_IOU
-    roi_iou_max = tf.reduce_max(overlaps, axis=1)  # -inf without GT
-    positive_indices = tf.where(roi_iou_max >= ROI_POSITIVE_IOU)[:, 0]
-    negative_indices = tf.where(tf.logical_and(roi_iou_max < ROI_POSITIVE_IOU, not_crowd))[:, 0]
-
-    positive_indices = tf.random.shuffle(positive_indices)[:int(num_rois * ratio)]
-    positive_count = tf.shape(positive_indices)[0]
+    # Mask R-CNN sec. 3.1: a fixed positive:total ratio; without GT, all negatives.
+    positives = tf.random.shuffle(positive_pool)[:int(num_rois * ratio)]
+    num_positive = tf.size(positives)
     if ratio > 0:
-        negative_count = tf.cast(tf.cast(positive_count, tf.float32) / ratio, tf.int32) - positive_count
+        negatives_wanted = tf.cast(tf.cast(num_positive, tf.float32) / ratio, tf.int32) - num_positive
+        negatives_wanted = tf.where(has_gt, negatives_wanted, num_rois)
     else:
-        negative_count = tf.constant(num_rois, tf.int32)
-    negative_count = tf.where(num_gt > 0, negative_count, num_rois)
-    negative_count = tf.minimum(negative_count, num_rois - positive_count)
-    negative_indices = tf.random.shuffle(negative_indices)[:negative_count]
-    positive_rois = tf.gather(proposals, positive_indices)
-    negative_rois = tf.gather(proposals, negative_indices)
+        negatives_wanted = tf.constant(num_rois, tf.int32)
+    negatives = tf.random.shuffle(negative_pool)[:tf.minimum(negatives_wanted, num_rois - num_positive)]
+    positive_rois = tf.gather(proposals, positives)                   # [P, 4]
 
-    positive_overlaps = tf.gather(overlaps, positive_indices)  # [P, G]
-    roi_gt_assignment = tf.cond(num_gt > 0,
-                                lambda: tf.argmax(positive_overlaps, axis=1),
-                                lambda: tf.zeros([0], tf.int64))
-    roi_gt_boxes = tf.gather(gt_boxes, roi_gt_assignment)
-    roi_gt_class_ids = tf.gather(gt_class_ids, roi_gt_assignment)
-    deltas = _box_refinement_graph(positive_rois, roi_gt_boxes)
-    deltas /= tf.constant(np.asarray(config.BBOX_STD_DEV), tf.float32)
+    # Each positive learns from the GT box it overlaps most.
+    assigned = tf.cond(has_gt, lambda: tf.argmax(tf.gather(iou, positives), axis=1),
+                       lambda: tf.zeros([0], tf.int64))
+    assigned_boxes = tf.gather(gt_boxes, assigned)
+    deltas = box_coder.encode_tf(positive_rois, assigned_boxes, config.BBOX_STD_DEV)
 
-    # [P, h, w, 1] the GT mask of each positive ROI
-    roi_masks = tf.gather(tf.transpose(gt_masks, [2, 0, 1])[..., tf.newaxis], roi_gt_assignment)
-    boxes = positive_rois
-    if config.USE_MINI_MASK:
-        # Normalised image coordinates -> normalised coordinates inside the GT box (mini-mask).
-        y1, x1, y2, x2 = tf.split(positive_rois, 4, axis=1)
-        gt_y1, gt_x1, gt_y2, gt_x2 = tf.split(roi_gt_boxes, 4, axis=1)
-        gt_h = gt_y2 - gt_y1
-        gt_w = gt_x2 - gt_x1
-        boxes = tf.concat([(y1 - gt_y1) / gt_h, (x1 - gt_x1) / gt_w,
-                           (y2 - gt_y1) / gt_h, (x2 - gt_x1) / gt_w], axis=1)
-    box_ids = tf.range(tf.shape(roi_masks)[0])
-    masks = tf.image.crop_and_resize(tf.cast(roi_masks, tf.float32), boxes, box_ids,
-                                     list(config.MASK_SHAPE))
-    masks = tf.round(tf.squeeze(masks, axis=3))  # [P, mh, mw] of 0/1
+    # Mask target: the assigned GT mask sampled inside the ROI (in the GT box's own frame
+    # when the GT masks are mini-masks), rounded to 0/1.
+    assigned_masks = tf.gather(tf.transpose(gt_masks, [2, 0, 1]), assigned)[..., tf.newaxis]
+    crop_boxes = (box_coder.to_frame_tf(positive_rois, assigned_boxes) if config.USE_MINI_MASK
+                  else positive_rois)
+    masks = tf.image.crop_and_resize(tf.cast(assigned_masks, tf.float32), crop_boxes,
+                                     tf.range(tf.size(assigned)), list(config.MASK_SHAPE))
+    masks = tf.round(masks[..., 0])                                   # [P, mh, mw]
 
-    rois = tf.concat([positive_rois, negative_rois], axis=0)
-    num_negative = tf.shape(negative_rois)[0]
-    pad = tf.maximum(num_rois - tf.shape(rois)[0], 0)
-    rois = tf.pad(rois, [(0, pad), (0, 0)])
-    roi_gt_class_ids = tf.pad(roi_gt_class_ids, [(0, num_negative + pad)])
-    deltas = tf.pad(deltas, [(0, num_negative + pad), (0, 0)])
-    masks = tf.pad(masks, [(0, num_negative + pad), (0, 0), (0, 0)])
-    mask_h, mask_w = config.MASK_SHAPE
-    return (tf.reshape(rois, [num_rois, 4]),
-            tf.reshape(roi_gt_class_ids, [num_rois]),
-            tf.reshape(deltas, [num_rois, 4]),
-            tf.reshape(masks, [num_rois, mask_h, mask_w]))
+    # Positives first, then negatives (whose targets are all zero), then zero padding.
+    rois = tf.concat([positive_rois, tf.gather(proposals, negatives)], axis=0)
+    return (_zero_pad_rows(rois, num_rois),
+            _zero_pad_rows(tf.gather(gt_class_ids, assigned), num_rois),
+            _zero_pad_rows(deltas, num_rois),
+            _zero_pad_rows(masks, num_rois))
 
 
-class DetectionTargetLayer(keras.layers.Layer):
+def _zero_pad_rows(values, rows):
+    """Zero-pad axis 0 of `values` to `rows` (it never has more) and fix the static shape."""
+    rank = len(values.shape)
+    padded = tf.pad(values, [[0, rows - tf.shape(values)[0]]] + [[0, 0]] * (rank - 1))
+    return tf.ensure_shape(padded, [rows] + values.shape[1:].as_list())
+
+
+class DetectionTargetLayer(Float32Layer):
     """Subsample proposals and attach class, box-delta and mask targets (no weights).
 
     Inputs: proposals [batch, N, 4] normalised; gt_class_ids [batch, MAX_GT];
@@ -228,7 +177,6 @@ class DetectionTargetLayer(keras.layers.Layer):
     """
 
     def __init__(self, config, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.config = config
 

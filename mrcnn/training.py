@@ -4,6 +4,7 @@ callbacks and `train()`, Matterport's MaskRCNN.train.
 
 Importing this module registers the "training" graph builder with mrcnn.model.
 """
+import json
 import logging
 import math
 import os
@@ -17,13 +18,14 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
+from mrcnn import boxes as box_coder
+from mrcnn import image_cache, weights_io
 from mrcnn import losses as L
-from mrcnn import weights_io
 from mrcnn.config import LOSS_NAMES
 from mrcnn.data import MaskRCNNSequence
 from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
 from mrcnn.layer_sets import LAYER_REGEX, check_matches, layer_regex  # noqa: F401 (LAYER_REGEX: Matterport's name)
-from mrcnn.layers import norm_boxes_graph
+from mrcnn.layers import Float32Layer
 from mrcnn.model import register_graph_builder
 from mrcnn.proposal import ProposalLayer
 from mrcnn.targets import DetectionTargetLayer
@@ -45,28 +47,23 @@ class NonFiniteLossError(RuntimeError):
 #  Graph
 ############################################################
 
-class NormBoxes(keras.layers.Layer):
+class NormBoxes(Float32Layer):
     """Pixel GT boxes -> normalised, for the image's height and width.
     Inputs: boxes [batch, n, 4] pixels, image [batch, H, W, C]."""
 
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
-
     def call(self, inputs):
         boxes, image = inputs
-        return norm_boxes_graph(tf.cast(boxes, tf.float32), tf.shape(image)[1:3])
+        return box_coder.normalize_tf(tf.cast(boxes, tf.float32), tf.shape(image)[1:3])
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
 
 
-class ConstantAnchors(keras.layers.Layer):
+class ConstantAnchors(Float32Layer):
     """The training anchors (fixed IMAGE_SHAPE) as [batch, anchors, (y1, x1, y2, x2)]
     normalised, batched like the image it is given."""
 
     def __init__(self, anchors, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.anchors = np.asarray(anchors, np.float32)
 
@@ -78,12 +75,8 @@ class ConstantAnchors(keras.layers.Layer):
         return (input_shape[0],) + self.anchors.shape
 
 
-class ActiveClassIds(keras.layers.Layer):
+class ActiveClassIds(Float32Layer):
     """image_meta [batch, meta] -> active_class_ids [batch, NUM_CLASSES]."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, image_meta):
         return tf.cast(image_meta[:, 12:], tf.float32)
@@ -92,13 +85,9 @@ class ActiveClassIds(keras.layers.Layer):
         return (input_shape[0], input_shape[1] - 12)
 
 
-class StopGradient(keras.layers.Layer):
+class StopGradient(Float32Layer):
     """Proposals are targets' anchors, not something to learn through (Faster R-CNN's
     approximate joint training); also used to name the output ROIs."""
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("dtype", "float32")
-        super().__init__(**kwargs)
 
     def call(self, inputs):
         return tf.stop_gradient(inputs)
@@ -129,11 +118,10 @@ class LeadingRois(keras.layers.Layer):
         return keras.KerasTensor((inputs.shape[0], self.count) + tuple(inputs.shape[2:]), dtype=inputs.dtype)
 
 
-class LossLayer(keras.layers.Layer):
+class LossLayer(Float32Layer):
     """One of the five losses as a float32 scalar output [1] (named like Matterport's)."""
 
     def __init__(self, loss_fn, **kwargs):
-        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.loss_fn = loss_fn
 
@@ -231,7 +219,11 @@ class MaskRCNNTrainingModel(keras.Model):
         self.trackers["loss"].update_state(total)
         for name in LOSS_NAMES:
             self.trackers[name].update_state(values[name])
-        return {name: tracker.result() for name, tracker in self.trackers.items()}
+        results = {name: tracker.result() for name, tracker in self.trackers.items()}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages per-replica logs across workers along axis 0, which a scalar lacks.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) and len(data) == 1 else data
@@ -245,6 +237,20 @@ class MaskRCNNTrainingModel(keras.Model):
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         return self._record(total, values)
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras (3.15) builds the optimizer and metrics from a first batch that it reduces over
+        # replicas with strategy.reduce("MEAN", nested batch); MultiWorkerMirroredStrategy cannot
+        # reduce a nested structure. Only shapes matter here: the first local replica's slice.
+        if iterator is not None and data_batch is None:
+            for _, _, batches in iterator:
+                first = next(batches)
+                strategy = self.distribute_strategy
+                data_batch = tf.nest.map_structure(
+                    lambda v: strategy.experimental_local_results(v)[0]
+                    if isinstance(v, tf.distribute.DistributedValues) else v, first)
+                break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def test_step(self, data):
         x = data[0] if isinstance(data, tuple) and len(data) == 1 else data
@@ -262,9 +268,49 @@ register_graph_builder("training", build_training_graph)
 _STRATEGIES = {}
 
 
+def cluster_workers():
+    """(number of workers, this worker's index) from TF_CONFIG, or None when it is unset.
+
+    TF_CONFIG is TensorFlow's JSON cluster description, e.g.
+    {"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", "index": 0}};
+    worker 0 is the chief (a separate "chief" task, when listed, is index 0 and the workers follow).
+    """
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        return None
+    try:
+        spec = json.loads(text)
+        cluster, task = spec["cluster"], spec["task"]
+        chiefs = list(cluster.get("chief", []))
+        workers = list(cluster.get("worker", []))
+        kind, index = task["type"], int(task["index"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"TF_CONFIG is not a valid cluster description ({type(e).__name__}: {e}); expected "
+                         '{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": N}}')
+    if kind not in ("chief", "worker") or not 0 <= index < len(cluster.get(kind, [])):
+        raise ValueError(f"TF_CONFIG task {kind!r} {index} is not in its cluster {cluster}")
+    return len(chiefs) + len(workers), index + (len(chiefs) if kind == "worker" else 0)
+
+
+def is_chief():
+    """True unless TF_CONFIG makes this process a worker other than the chief."""
+    workers = cluster_workers()
+    return workers is None or workers[1] == 0
+
+
+def global_batch_size(config):
+    """Images per training step over all replicas: IMAGES_PER_GPU x GPU_COUNT x workers."""
+    workers = cluster_workers()
+    return config.BATCH_SIZE * (workers[0] if workers else 1)
+
+
 def distribution_strategy(config):
     """The MirroredStrategy for GPU_COUNT replicas (one per GPU, else one per logical CPU
-    device), created once per replica count."""
+    device), created once per replica count; with TF_CONFIG set, the
+    MultiWorkerMirroredStrategy over its workers (GPU_COUNT GPUs each, or the CPU)."""
+    workers = cluster_workers()
+    if workers is not None:
+        return _multi_worker_strategy(config, workers[0])
     count = int(config.GPU_COUNT)
     if count not in _STRATEGIES:
         gpus = tf.config.list_logical_devices("GPU")
@@ -275,6 +321,19 @@ def distribution_strategy(config):
                              "device(s) are visible; lower GPU_COUNT or configure logical devices")
         _STRATEGIES[count] = tf.distribute.MirroredStrategy([d.name for d in devices[:count]])
     return _STRATEGIES[count]
+
+
+def _multi_worker_strategy(config, num_workers):
+    if "multi_worker" not in _STRATEGIES:
+        _STRATEGIES["multi_worker"] = tf.distribute.MultiWorkerMirroredStrategy()
+    strategy = _STRATEGIES["multi_worker"]
+    expected = int(config.GPU_COUNT) * num_workers
+    if strategy.num_replicas_in_sync != expected:
+        raise ValueError(f"TF_CONFIG lists {num_workers} workers and Config.GPU_COUNT={config.GPU_COUNT}, so "
+                         f"{expected} replicas were expected, but TensorFlow found "
+                         f"{strategy.num_replicas_in_sync}: set GPU_COUNT to the GPUs each worker sees "
+                         "(1 on CPU), or limit them with CUDA_VISIBLE_DEVICES")
+    return strategy
 
 
 def set_trainable(keras_model, regex, verbose=0, _indent=0):
@@ -345,10 +404,11 @@ class EpochCheckpoint(keras.callbacks.Callback):
     """After each finished epoch: the weights in the Keras-2 layout at
     checkpoint_path.format(epoch=epoch + 1), written atomically, unless a loss went bad."""
 
-    def __init__(self, checkpoint_path, guard):
+    def __init__(self, checkpoint_path, guard, write=True):
         super().__init__()
         self.checkpoint_path = checkpoint_path
         self.guard = guard
+        self.write = write  # False on multi-worker workers other than the chief
         self.last_saved = None
 
     def on_epoch_end(self, epoch, logs=None):
@@ -357,6 +417,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
             if self.guard.failure is None:
                 self.guard.failure = (epoch + 1, None, bad[0], float(logs[bad[0]]))
             self.model.stop_training = True
+            return
+        if not self.write:
             return
         path = self.checkpoint_path.format(epoch=epoch + 1)
         weights_io.save_weights_h5(self.model, path)
@@ -404,11 +466,14 @@ def make_feeds(model, train_dataset, val_dataset, augmentation=None, workers=Non
     """(train feed, validation feed). Validation is not augmented and visits images in order."""
     config = model.config
     workers = DEFAULT_WORKERS if workers is None else int(workers)
-    train_feed = TrainingFeed(train_dataset, config, shuffle=True, augmentation=augmentation,
+    # Under TF_CONFIG every worker builds the same global batch (batches are a pure function of
+    # seed, epoch and index) and tf.distribute hands each replica its slice.
+    batch = global_batch_size(config)
+    train_feed = TrainingFeed(train_dataset, config, shuffle=True, augmentation=augmentation, batch_size=batch,
                               steps=config.STEPS_PER_EPOCH, workers=workers, use_multiprocessing=use_multiprocessing)
     train_feed.set_epoch(model.epoch)
-    val_feed = TrainingFeed(val_dataset, config, shuffle=False, steps=config.VALIDATION_STEPS, workers=workers,
-                            use_multiprocessing=use_multiprocessing)
+    val_feed = TrainingFeed(val_dataset, config, shuffle=False, batch_size=batch, steps=config.VALIDATION_STEPS,
+                            workers=workers, use_multiprocessing=use_multiprocessing)
     return train_feed, val_feed
 
 
@@ -416,12 +481,28 @@ def make_feeds(model, train_dataset, val_dataset, augmentation=None, workers=Non
 #  train()
 ############################################################
 
+def synchronize_batch_norm(keras_model):
+    """Make every BatchNormalization layer (nested models and TimeDistributed included) take
+    its training statistics over the global batch (Keras' `synchronized`, read when train_step
+    is traced). With TRAIN_BN each replica then updates the moving averages alike, so all
+    workers keep identical weights. Frozen BatchNorm (TRAIN_BN False) is unaffected."""
+    for layer in keras_model.layers:
+        if isinstance(layer, keras.Model):
+            synchronize_batch_norm(layer)
+            continue
+        inner = layer.layer if isinstance(layer, KL.TimeDistributed) else layer
+        if isinstance(inner, KL.BatchNormalization):
+            inner.synchronized = True
+
+
 def compile_model(model, learning_rate, layers):
     """Freeze per `layers`, then compile with SGD(momentum, clipnorm); mixed_float16 adds
     dynamic loss scaling. Recompiling retraces train_step for the new trainable set."""
     config = model.config
     keras_model = model.keras_model
     set_trainable(keras_model, layer_regex(layers))
+    if keras_model.distribute_strategy.num_replicas_in_sync > 1:
+        synchronize_batch_norm(keras_model)
     with keras_model.distribute_strategy.scope():
         clip = config.GRADIENT_CLIP_NORM
         optimizer = keras.optimizers.SGD(learning_rate=learning_rate, momentum=config.LEARNING_MOMENTUM,
@@ -441,7 +522,9 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     augmentation: an albumentations transform or imgaug augmenter (None: none).
     workers: data-loading threads (or processes with use_multiprocessing); default 2.
     Writes into model.log_dir: config.json, mask_rcnn_<name>_<epoch:04d>.h5 after every
-    epoch (atomic, Keras-2 layout), TensorBoard events and history.csv. Raises
+    epoch (atomic, Keras-2 layout), TensorBoard events and history.csv. With TF_CONFIG set
+    (MultiWorkerMirroredStrategy) each step trains on IMAGES_PER_GPU x GPU_COUNT x workers
+    images and only the chief (worker 0) writes into log_dir. Raises
     NonFiniteLossError when a loss becomes NaN or infinite (earlier checkpoints stay).
     verbose: Keras' fit verbosity; default a progress bar on a terminal, one line per epoch otherwise.
     Returns the Keras History.
@@ -457,13 +540,17 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
                                       use_multiprocessing)
     # Everything that can refuse the request runs before the run folder exists.
     keras_model = compile_model(model, learning_rate, layers)
-    new_run = model.open_log_dir()
-
+    chief = is_chief()
+    new_run = model.open_log_dir() if chief else False
     guard = NonFiniteGuard()
-    checkpoint = EpochCheckpoint(model.checkpoint_path, guard)
-    callbacks = [guard, checkpoint,
-                 CountingCSVLogger(os.path.join(model.log_dir, HISTORY_CSV), guard, append=True),
-                 keras.callbacks.TensorBoard(log_dir=model.log_dir, histogram_freq=0, write_graph=False)]
+    checkpoint = EpochCheckpoint(model.checkpoint_path, guard, write=chief)
+    callbacks = [guard, checkpoint]
+    if chief:  # under TF_CONFIG the other workers write nothing into the run folder
+        callbacks += [CountingCSVLogger(os.path.join(model.log_dir, HISTORY_CSV), guard, append=True),
+                      keras.callbacks.TensorBoard(log_dir=model.log_dir, histogram_freq=0, write_graph=False)]
+    else:
+        log.info("Worker %d of %d: training without writing (the chief writes the run folder)",
+                 *reversed(cluster_workers()))
     callbacks += list(custom_callbacks or [])
 
     log.info("Starting at epoch %d, LR=%s; checkpoints: %s", model.epoch, learning_rate, model.checkpoint_path)
@@ -482,6 +569,10 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     log.info("Training data: %d images without instances served, %d skipped, %d failed to load, %d truncated",
              stats["empty_served"], stats["empty_skipped"], stats["failed"], stats["truncated"])
     model.train_stats = stats
+    cache = image_cache.STATS
+    log.info("Image cache (%s), this process so far: %d entries read, %d written, %d rebuilt, %d images not cacheable",
+             image_cache.cache_dir() if config.IMAGE_CACHE else "off", cache["hits"], cache["writes"],
+             cache["rebuilt"], cache["uncached"])
     if guard.failure is not None:
         epoch, batch, name, value = guard.failure
         where = f"epoch {epoch}" + (f", batch {batch}" if batch else "")

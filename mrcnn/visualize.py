@@ -17,10 +17,8 @@ exclusive; masks are [height, width, N] bool; colors are RGB(A) floats in [0, 1]
 import colorsys
 import itertools
 import logging
-import os
 import pathlib
 import random
-import uuid
 
 import cv2
 import matplotlib
@@ -31,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
-from mrcnn import utils
+from mrcnn import atomic, utils
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +54,12 @@ def _figure_and_axes(ax, figsize):
 
 
 def _save_png(fig, save_path):
-    """Write `fig` as a PNG at its own dpi: temp file in the same folder, then os.replace."""
+    """Write `fig` as a PNG at its own dpi, atomically (`mrcnn.atomic`)."""
     path = pathlib.Path(save_path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_path must end in .png, got {str(save_path)!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # open(..., "xb") rather than mkstemp: the file gets the umask's mode, not 0600.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp, "xb") as f, matplotlib.rc_context({"savefig.bbox": "standard"}):
-            fig.savefig(f, format="png", dpi=fig.dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.atomic_open(path, "wb") as f, matplotlib.rc_context({"savefig.bbox": "standard"}):
+        fig.savefig(f, format="png", dpi=fig.dpi)
 
 
 def _finish(fig, save_path):
@@ -139,6 +129,18 @@ def _to_uint8(image):
     return np.clip(np.round(image), 0, 255).astype(np.uint8)
 
 
+def _outline_box(ax, box, color, linewidth=2, **style):
+    """Unfilled rectangle for a (y1, x1, y2, x2) box (matplotlib wants x, y, width, height)."""
+    top, left, bottom, right = box[:4]
+    ax.add_patch(patches.Rectangle((left, top), right - left, bottom - top, linewidth=linewidth,
+                                   edgecolor=color, facecolor="none", **style))
+
+
+def _join_corners(ax, box, refined, color):
+    """A line from a box's top-left corner to its refinement's."""
+    ax.add_line(lines.Line2D([box[1], refined[1]], [box[0], refined[0]], color=color))
+
+
 def _draw_mask_outline(ax, mask, color):
     """Outline a mask with polygons; padding closes contours at the image edges."""
     padded = np.zeros((mask.shape[0] + 2, mask.shape[1] + 2), dtype=np.uint8)
@@ -159,13 +161,12 @@ def random_colors(N, bright=True, seed=None):
     With `seed` the order is reproducible; without it Python's global `random`
     decides, as in Matterport.
     """
-    brightness = 1.0 if bright else 0.7
-    colors = [colorsys.hsv_to_rgb(i / N, 1.0, brightness) for i in range(N)]
-    if seed is None:
-        random.shuffle(colors)
-    else:
-        random.Random(seed).shuffle(colors)
-    return colors
+    value = 1.0 if bright else 0.7
+    hues = np.arange(N) / N                 # evenly spaced around the colour wheel
+    palette = [colorsys.hsv_to_rgb(float(hue), 1.0, value) for hue in hues]
+    shuffler = random if seed is None else random.Random(seed)
+    shuffler.shuffle(palette)
+    return palette
 
 
 def apply_mask(image, mask, color, alpha=0.5):
@@ -177,11 +178,12 @@ def apply_mask(image, mask, color, alpha=0.5):
     mask = np.asarray(mask)
     if mask.shape != image.shape[:2]:
         raise ValueError(f"mask shape {mask.shape} differs from image size {image.shape[:2]}")
-    selected = mask == 1
-    for c in range(3):
-        image[:, :, c] = np.where(selected,
-                                  image[:, :, c] * (1 - alpha) + alpha * color[c] * 255,
-                                  image[:, :, c])
+    inside = mask == 1
+    # Float images blend in their own precision, integer ones in float64.
+    work = image.dtype.type if np.issubdtype(image.dtype, np.floating) else np.float64
+    tint = (alpha * np.asarray(color[:3], dtype=np.float64) * 255).astype(work)   # [3]
+    blended = image[inside, :3] * work(1 - alpha) + tint                          # [pixels, 3]
+    image[inside, :3] = blended.astype(image.dtype)
     return image
 
 
@@ -302,11 +304,9 @@ def display_instances(image, boxes, masks, class_ids, class_names,
         color = colors[i]
         if not np.any(boxes[i]):
             continue
-        y1, x1, y2, x2 = boxes[i]
+        y1, x1 = boxes[i][:2]
         if show_bbox:
-            ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=2,
-                                           alpha=0.7, linestyle="dashed",
-                                           edgecolor=color, facecolor="none"))
+            _outline_box(ax, boxes[i], color, alpha=0.7, linestyle="dashed")
         if captions is None:
             label = _class_name(class_names, class_ids[i])
             caption = f"{label} {scores[i]:.3f}" if scores is not None else label
@@ -433,18 +433,13 @@ def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10,
     colors = random_colors(len(ids))
     for color, i in zip(colors, ids):
         class_id = int(class_ids[i])
-        y1, x1, y2, x2 = rois[i]
-        ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=2,
-                                       edgecolor=color if class_id else "gray",
-                                       facecolor="none", linestyle="dashed"))
+        _outline_box(ax, rois[i], color if class_id else "gray", linestyle="dashed")
         if not class_id:
-            continue
-        ry1, rx1, ry2, rx2 = refined_rois[i]
-        ax.add_patch(patches.Rectangle((rx1, ry1), rx2 - rx1, ry2 - ry1, linewidth=2,
-                                       edgecolor=color, facecolor="none"))
-        # Joins the top-left corners of the ROI and its refinement.
-        ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color))
-        ax.text(rx1, ry1 + 8, _class_name(class_names, class_id), color="w", size=11)
+            continue  # background: no refinement, no mask
+        _outline_box(ax, refined_rois[i], color)
+        _join_corners(ax, rois[i], refined_rois[i], color)
+        ax.text(refined_rois[i][1], refined_rois[i][0] + 8, _class_name(class_names, class_id),
+                color="w", size=11)
         apply_mask(canvas, _paste_roi_mask(mask[i], rois[i], image.shape), color)
     ax.imshow(_to_uint8(canvas))
 
@@ -573,24 +568,16 @@ def draw_boxes(image, boxes=None, refined_boxes=None,
         if boxes is not None:
             if not np.any(boxes[i]):
                 continue
-            y1, x1, y2, x2 = boxes[i]
-            ax.add_patch(patches.Rectangle((x1, y1), x2 - x1, y2 - y1, linewidth=2,
-                                           alpha=alpha, linestyle=style,
-                                           edgecolor=color, facecolor="none"))
-        if refined_boxes is not None and visibility > 0:
-            ry1, rx1, ry2, rx2 = refined_boxes[i]
-            ax.add_patch(patches.Rectangle((rx1, ry1), rx2 - rx1, ry2 - ry1, linewidth=2,
-                                           edgecolor=color, facecolor="none"))
+            _outline_box(ax, boxes[i], color, alpha=alpha, linestyle=style)
+        show_refined = refined_boxes is not None and visibility > 0
+        if show_refined:
+            _outline_box(ax, refined_boxes[i], color)
             if boxes is not None:
-                ax.add_line(lines.Line2D([x1, rx1], [y1, ry1], color=color))
+                _join_corners(ax, boxes[i], refined_boxes[i], color)
         # Captions sit on the refined box when it is drawn, else on the box.
-        if refined_boxes is not None and visibility > 0:
-            anchor = (ry1, rx1)
-        else:
-            anchor = (y1, x1) if boxes is not None else None
-        if captions is not None and anchor is not None:
-            cy, cx = anchor
-            ax.text(cx, cy, captions[i], size=11, verticalalignment="top", color="w",
+        caption_box = refined_boxes[i] if show_refined else (boxes[i] if boxes is not None else None)
+        if captions is not None and caption_box is not None:
+            ax.text(caption_box[1], caption_box[0], captions[i], size=11, verticalalignment="top", color="w",
                     bbox={"facecolor": color, "alpha": 0.5, "pad": 2, "edgecolor": "none"})
         if masks is not None:
             apply_mask(canvas, masks[:, :, i], color)

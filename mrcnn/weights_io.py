@@ -16,18 +16,17 @@ nested model (``rpn_model``) is one entry whose weights carry its inner layers' 
 import dataclasses
 import logging
 import os
-import tempfile
 
 import h5py
 import keras
 import numpy as np
 
+from mrcnn import atomic
+from mrcnn.config import HEAD_LAYERS
 from mrcnn.weights_file import WeightsFormatError, damaged_message, open_weights_file
 
 logger = logging.getLogger(__name__)
 
-# Matterport's class-dependent heads: exclude them to load COCO weights for another class count.
-HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 
 # HDF5 object headers hold at most 64 KiB of attributes; Keras 2.2+ split longer name
 # lists into attrs <name>0, <name>1, ... and so do reader and writer here.
@@ -394,28 +393,6 @@ def _write_layout(f, model_entries, keras_version):
             group.create_dataset(w.name, data=_variable_value(w.variable))
 
 
-def _fsync_path(path, directory=False):
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        if directory:
-            return  # some platforms cannot open folders; the data file itself was synced
-        raise
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _target_mode(filepath):
-    """Keep an existing file's permissions; mkstemp's 0600 would hide a new one from others."""
-    try:
-        return os.stat(filepath).st_mode & 0o777
-    except FileNotFoundError:
-        return 0o644
-
-
 def save_weights_h5(keras_model, filepath, keras_version="2.0.8"):
     """Save the model's weights in Matterport's Keras-2 layout, atomically.
 
@@ -429,19 +406,7 @@ def save_weights_h5(keras_model, filepath, keras_version="2.0.8"):
         raise FileNotFoundError("cannot save weights to %s: folder %s does not exist"
                                 % (filepath, folder))
     model_entries = _model_entries(keras_model)
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(filepath) + ".",
-                               suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            _write_layout(f, model_entries, keras_version)
-        os.chmod(tmp, _target_mode(filepath))
-        _fsync_path(tmp)
-        os.replace(tmp, filepath)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    _fsync_path(folder, directory=True)
+    with atomic.atomic_path(filepath) as tmp, h5py.File(tmp, "w") as f:
+        _write_layout(f, model_entries, keras_version)
     n_weights = sum(len(w) for _, w in model_entries)
     logger.info("saved %d layers (%d weights) to %s", len(model_entries), n_weights, filepath)

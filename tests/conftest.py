@@ -3,9 +3,12 @@
 Tests that need ../shared skip only when it is absent AND the CI variable is unset;
 in CI a missing ../shared is a failure, never a silent skip.
 """
+import atexit
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 
@@ -16,6 +19,10 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Training feeds cache decoded images (mrcnn.image_cache): keep the tests' entries out of ~/.cache.
+if not os.environ.get("MRCNN_IMAGE_CACHE_DIR"):
+    os.environ["MRCNN_IMAGE_CACHE_DIR"] = tempfile.mkdtemp(prefix="isic-test-image-cache-")
+    atexit.register(shutil.rmtree, os.environ["MRCNN_IMAGE_CACHE_DIR"], True)
 
 
 def _shared_path(*parts):

@@ -86,7 +86,7 @@ def test_output_that_is_an_existing_file(checkpoints, tmp_path):
     taken.write_text("keep me\n")
     result, probe = cli_probe("--mode", "predict", "--image", image, "--weights", checkpoints["segmentation"],
                               "--output", taken)
-    assert_one_line_error(result, str(taken), "existing file")
+    assert_one_line_error(result, str(taken), "is a file")
     assert not probe["model"] and taken.read_text() == "keep me\n"
 
 

@@ -1,5 +1,6 @@
-"""The Mask R-CNN graph pieces on hand-made inputs, each against a small NumPy reference
-(or utils' NumPy implementation of the same step)."""
+"""The Mask R-CNN graph pieces on hand-made inputs, each against numbers worked out by hand
+or a small sampler written from the op's documented definition (never against the project's
+own NumPy twin of the same step; the box coder has its own tests in test_boxes.py)."""
 import keras
 import numpy as np
 import pytest
@@ -8,8 +9,8 @@ import tensorflow as tf
 from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.detection import DetectionLayer
-from mrcnn.layers import (BatchNorm, TimeDistributed, apply_box_deltas_graph, batch_slice, clip_boxes_graph,
-                          denorm_boxes_graph, norm_boxes_graph)
+from mrcnn.layers import (BatchNorm, Float32Layer, TimeDistributed, apply_box_deltas_graph, batch_slice,
+                          clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph, trim_zeros_graph)
 from mrcnn.molding import (compose_image_meta, compute_backbone_shapes, mold_image, mold_inputs,
                            parse_image_meta, parse_image_meta_graph, unmold_detections, unmold_image)
 from mrcnn.proposal import ProposalLayer
@@ -24,28 +25,25 @@ def meta_for(image_shape, num_classes=4, window=None, batch=1):
     return np.tile(meta[None].astype(np.float32), (batch, 1))
 
 
-# --- Box helpers --------------------------------------------------------------------------
+# --- Graph helpers ------------------------------------------------------------------------
 
-def test_apply_box_deltas_graph_matches_utils():
-    rng = np.random.default_rng(0)
-    y1x1 = rng.uniform(0, 50, size=(20, 2))
-    boxes = np.concatenate([y1x1, y1x1 + rng.uniform(1, 30, size=(20, 2))], axis=1)
-    deltas = rng.normal(0, 0.5, size=(20, 4))
-    got = apply_box_deltas_graph(tf.constant(boxes, tf.float32), tf.constant(deltas, tf.float32)).numpy()
-    np.testing.assert_allclose(got, utils.apply_box_deltas(boxes, deltas), rtol=1e-5, atol=1e-4)
+def test_layers_keeps_matterports_box_helper_names():
+    boxes = tf.constant([[-0.2, 0.1, 0.5, 1.3]], tf.float32)
+    np.testing.assert_allclose(clip_boxes_graph(boxes, tf.constant([0., 0., 1., 1.])).numpy(), [[0, 0.1, 0.5, 1]])
+    np.testing.assert_allclose(norm_boxes_graph(tf.constant([[0., 0., 100., 200.]]), tf.constant([100, 200])).numpy(),
+                               [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(denorm_boxes_graph(tf.constant([[0., 0., 1., 1.]]), tf.constant([100, 200])).numpy(),
+                                  [[0, 0, 100, 200]])
+    # A unit shift of the centre and a doubled height: (0, 0, 10, 10) -> (5 + 10 - 10, 5, 5 + 10 + 10, 15)
+    moved = apply_box_deltas_graph(tf.constant([[0., 0., 10., 10.]]), tf.constant([[1., 0., np.log(2.), 0.]]))
+    np.testing.assert_allclose(moved.numpy(), [[5, 0, 25, 10]], atol=1e-5)
 
 
-def test_clip_and_norm_boxes_graph():
-    boxes = np.array([[-0.2, 0.1, 0.5, 1.3], [0.3, 0.3, 0.4, 0.4]], np.float32)
-    clipped = clip_boxes_graph(tf.constant(boxes), tf.constant([0., 0., 1., 1.])).numpy()
-    np.testing.assert_allclose(clipped, [[0, 0.1, 0.5, 1.0], [0.3, 0.3, 0.4, 0.4]])
-
-    pixel = np.array([[0, 0, 100, 200], [10, 20, 60, 80]], np.float32)
-    normed = norm_boxes_graph(tf.constant(pixel), tf.constant([100., 200.])).numpy()
-    np.testing.assert_allclose(normed, utils.norm_boxes(pixel, (100, 200)), rtol=1e-6)
-    np.testing.assert_allclose(normed[0], [0, 0, 1, 1], atol=1e-7)  # whole image -> unit box
-    back = denorm_boxes_graph(tf.constant(normed), tf.constant([100., 200.])).numpy()
-    np.testing.assert_array_equal(back, pixel.astype(np.int32))
+def test_trim_zeros_graph_drops_padding_rows():
+    rows = tf.constant([[1, 2, 3, 4], [0, 0, 0, 0], [0, 0, 0, 0.5], [0, 0, 0, 0]], tf.float32)
+    kept, non_zeros = trim_zeros_graph(rows)
+    np.testing.assert_array_equal(kept.numpy(), [[1, 2, 3, 4], [0, 0, 0, 0.5]])
+    np.testing.assert_array_equal(non_zeros.numpy(), [True, False, True, False])
 
 
 def test_batch_slice_stacks_per_item_results():
@@ -122,35 +120,33 @@ def test_pyramid_roi_align_crops_from_the_right_level_in_box_order():
 
 # --- ProposalLayer -----------------------------------------------------------------------
 
-def test_proposal_layer_matches_numpy_decoding_and_nms():
+def test_proposal_layer_keeps_the_best_refined_clipped_non_overlapping_anchors():
     anchors = np.array([
-        [0.10, 0.10, 0.40, 0.40],
-        [0.12, 0.11, 0.42, 0.41],  # near-duplicate of the first
-        [0.50, 0.50, 0.80, 0.90],
-        [0.60, 0.00, 0.95, 0.30],
-        [-0.1, 0.70, 0.20, 1.10],  # sticks out of the image: clipped
-        [0.30, 0.30, 0.60, 0.60],  # lowest score: cut by pre_nms_limit
+        [0.10, 0.10, 0.40, 0.40],  # 0: 0.90
+        [0.11, 0.10, 0.41, 0.40],  # 1: 0.85, IoU 0.29 * 0.30 / (2 * 0.09 - 0.087) = 0.94 with 0 -> suppressed
+        [0.50, 0.50, 0.80, 0.90],  # 2: 0.70, refined below
+        [0.60, 0.00, 0.95, 0.30],  # 3: 0.95, the best
+        [-0.1, 0.70, 0.20, 1.10],  # 4: 0.60, sticks out of the image: clipped
+        [0.30, 0.30, 0.60, 0.60],  # 5: 0.10, lowest score: cut by pre_nms_limit
     ])
     scores = np.array([0.90, 0.85, 0.70, 0.95, 0.60, 0.10])
-    rng = np.random.default_rng(2)
-    deltas = rng.normal(0, 0.1, size=(6, 4))
+    deltas = np.zeros((6, 4))
+    # times STD: dy = 0.1 (of the 0.3 height), width x 2: centre (0.65, 0.70) -> (0.68, 0.70),
+    # width 0.4 -> 0.8, so x2 = 1.1 is clipped to 1.
+    deltas[2] = [1.0, 0.0, 0.0, np.log(2.0) / 0.2]
     probs = np.stack([1 - scores, scores], axis=1)
 
     layer = ProposalLayer(proposal_count=5, nms_threshold=0.5, pre_nms_limit=5, images_per_gpu=1,
                           rpn_bbox_std_dev=STD)
     got = layer([tf.constant(probs[None], tf.float32), tf.constant(deltas[None], tf.float32),
                  tf.constant(anchors[None], tf.float32)]).numpy()[0]
-
-    order = np.argsort(-scores)[:5]
-    boxes = np.clip(utils.apply_box_deltas(anchors[order], deltas[order] * STD), 0, 1)
-    keep = utils.non_max_suppression(boxes, scores[order], 0.5)[:5]
-    want = np.zeros((5, 4))
-    want[:len(keep)] = boxes[keep]
+    want = [[0.60, 0.00, 0.95, 0.30],
+            [0.10, 0.10, 0.40, 0.40],
+            [0.53, 0.30, 0.83, 1.00],
+            [0.00, 0.70, 0.20, 1.00],
+            [0, 0, 0, 0]]  # padding: only four survive
     assert got.shape == (5, 4)
-    np.testing.assert_allclose(got, want, atol=1e-5)
-    assert len(keep) == 4  # the near-duplicate was suppressed, so the last row is padding
-    np.testing.assert_array_equal(got[4], 0)
-    assert got.min() >= 0 and got.max() <= 1
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 # --- DetectionLayer ----------------------------------------------------------------------
@@ -159,21 +155,6 @@ def probs_row(cls, score, num_classes=4):
     row = np.full(num_classes, (1 - score) / (num_classes - 1))
     row[cls] = score
     return row
-
-
-def refine_np(rois, probs, deltas, min_conf, max_inst, nms_thr):
-    """Matterport's refine_detections in NumPy (window = whole image)."""
-    class_ids = probs.argmax(1)
-    scores = probs[np.arange(len(probs)), class_ids]
-    refined = np.clip(utils.apply_box_deltas(rois, deltas[np.arange(len(rois)), class_ids] * STD), 0, 1)
-    keep = np.where((class_ids > 0) & (scores >= min_conf))[0]
-    survivors = []
-    for c in np.unique(class_ids[keep]):
-        ixs = keep[class_ids[keep] == c]
-        survivors += list(ixs[utils.non_max_suppression(refined[ixs], scores[ixs], nms_thr)[:max_inst]])
-    survivors = np.array(sorted(survivors), dtype=int)
-    top = survivors[np.argsort(-scores[survivors], kind="stable")][:max_inst]
-    return top, refined, class_ids, scores
 
 
 def test_detection_layer_filters_suppresses_and_keeps_class_probs():
@@ -202,14 +183,15 @@ def test_detection_layer_filters_suppresses_and_keeps_class_probs():
     detections, class_probs = detections.numpy()[0], class_probs.numpy()[0]
     assert detections.shape == (4, 6) and class_probs.shape == (4, 4)
 
-    top, refined, class_ids, scores = refine_np(rois, probs, deltas, 0.6, 4, 0.3)
-    assert list(top) == [0, 2, 6, 5]  # hand-derived from the comments above
-    np.testing.assert_allclose(detections[:, :4], refined[top], atol=1e-5)
-    np.testing.assert_array_equal(detections[:, 4], class_ids[top])
-    np.testing.assert_allclose(detections[:, 5], scores[top], rtol=1e-6)
+    top = [0, 2, 6, 5]  # from the comments above: score order, NMS within class only
+    # roi 0 moved by its class-1 delta times STD = (0.1, -0.05, 0.06, 0): centre (0.25, 0.25) ->
+    # (0.28, 0.235), height 0.3 -> 0.3 e^0.06, width unchanged; the others have zero deltas.
+    height = 0.3 * np.exp(0.06)
+    refined0 = [0.28 - height / 2, 0.085, 0.28 + height / 2, 0.385]
+    np.testing.assert_allclose(detections[:, :4], [refined0] + rois[top[1:]].tolist(), atol=1e-6)
+    np.testing.assert_array_equal(detections[:, 4], [1, 2, 2, 1])
+    np.testing.assert_allclose(detections[:, 5], [0.9, 0.85, 0.75, 0.7], rtol=1e-6)
     np.testing.assert_allclose(class_probs, probs[top], rtol=1e-6)
-    # roi 0 moved by its class-1 delta: dy = 1.0 * 0.1 * height
-    np.testing.assert_allclose(detections[0, 0], 0.10 + 0.1 * 0.3 - 0.5 * 0.3 * (np.exp(0.06) - 1), atol=1e-5)
 
 
 def test_detection_layer_pads_when_few_survive():
@@ -313,3 +295,22 @@ def test_mold_inputs_then_unmold_detections_maps_boxes_back():
     y1, x1, y2, x2 = rois[0]
     assert masks[y1:y2, x1:x2, 0].all() and masks[..., 0].sum() == (y2 - y1) * (x2 - x1)
     np.testing.assert_array_equal(kept_probs, probs[:1])
+
+
+def test_float32_layers_compute_in_float32_under_mixed_precision():
+    class Square(Float32Layer):
+        def call(self, x):
+            return x * x
+
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        default, explicit = Square(), Square(dtype="float16")
+        assert default.compute_dtype == "float32" and explicit.compute_dtype == "float16"
+        # 300^2 overflows float16 (max 65504) but not float32.
+        assert float(default(tf.constant([300.0], tf.float16))[0]) == 90000.0
+        assert DetectionLayer(bbox_std_dev=STD, min_confidence=0.5, max_instances=2, nms_threshold=0.3,
+                              images_per_gpu=1).compute_dtype == "float32"
+        assert PyramidROIAlign([2, 2]).compute_dtype == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy(previous)

@@ -286,35 +286,6 @@ def test_imagenet_load_that_loads_nothing_is_refused(imagenet_like):
 
 # --- 8. seeded crop, batch 1 for synthetic inference ------------------------------------------
 
-def test_crop_mode_draws_from_the_seeded_generator():
-    from mrcnn.config import Config
-    from mrcnn.data import load_image_gt
-    from mrcnn import utils
-
-    class Big(utils.Dataset):
-        def load_image(self, image_id):
-            return np.random.default_rng(0).integers(0, 255, (400, 400, 3), dtype=np.uint8)
-
-        def load_mask(self, image_id):
-            mask = np.ones((400, 400, 1), bool)
-            return mask, np.array([1], np.int32)
-
-    dataset = Big()
-    dataset.add_class("big", 1, "thing")
-    dataset.add_image("big", 0, None)
-    dataset.prepare()
-    config = Config(NAME="crop", NUM_CLASSES=2, IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64,
-                    BACKBONE="resnet18", RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128))
-    crops = []
-    for python_seed in (1, 2):
-        random.seed(python_seed)
-        image = load_image_gt(dataset, config, 0, rng=np.random.default_rng([5, 0]))[0]
-        crops.append(image)
-    np.testing.assert_array_equal(crops[0], crops[1])
-    other = load_image_gt(dataset, config, 0, rng=np.random.default_rng([6, 0]))[0]
-    assert not np.array_equal(other, crops[0])
-
-
 def test_synthetic_inference_runs_one_image_per_batch():
     assert lesions.make_config("segmentation", synthetic=True, inference=True).IMAGES_PER_GPU == 1
     assert lesions.make_config("segmentation", synthetic=True).IMAGES_PER_GPU == 2

@@ -1,4 +1,7 @@
-"""RPN targets and DetectionTargetLayer on hand-made boxes, with NumPy references."""
+"""RPN targets and DetectionTargetLayer on hand-made boxes, with expectations worked out by
+hand or written from the definitions (Faster R-CNN eq. 2 for the deltas)."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,6 +9,15 @@ import tensorflow as tf
 from mrcnn import utils
 from mrcnn.config import Config
 from mrcnn.targets import DetectionTargetLayer, build_rpn_targets
+
+
+def deltas_by_definition(boxes, targets):
+    """Faster R-CNN eq. 2, written out per coordinate: t_y = (y* - y) / h, t_h = log(h* / h)."""
+    h, w = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    th, tw = targets[:, 2] - targets[:, 0], targets[:, 3] - targets[:, 1]
+    cy, cx = boxes[:, 0] + h / 2, boxes[:, 1] + w / 2
+    tcy, tcx = targets[:, 0] + th / 2, targets[:, 1] + tw / 2
+    return np.stack([(tcy - cy) / h, (tcx - cx) / w, np.log(th / h), np.log(tw / w)], axis=1)
 
 
 def make_config(**overrides):
@@ -41,9 +53,13 @@ def test_rpn_targets_hand_made_case():
     assert np.flatnonzero(match == 1).tolist() == [0, 1, 6]
     assert np.flatnonzero(match == -1).tolist() == [3, 4, 5, 7]
     assert np.flatnonzero(match == 0).tolist() == [2]
-    # Deltas of the positives, in anchor order, decode back onto their GT box.
-    decoded = utils.apply_box_deltas(ANCHORS[[0, 1, 6]], bbox[:3] * config.RPN_BBOX_STD_DEV)
-    np.testing.assert_allclose(decoded, GT_BOXES[[0, 0, 1]], atol=1e-4)
+    # Deltas of the positives, in anchor order, over RPN_BBOX_STD_DEV (0.1, 0.1, 0.2, 0.2):
+    # anchor 0 is A itself; anchor 1 has A's centre x 1 px to its left of its own (of 12 px)
+    # and is 12 wide for A's 10; anchor 6's centre (25, 25) is 5 px (half its side) from B's
+    # (30, 30) and B is twice its size.
+    np.testing.assert_allclose(bbox[:3], [[0, 0, 0, 0],
+                                          [0, -1 / 12 / 0.1, 0, math.log(10 / 12) / 0.2],
+                                          [5, 5, math.log(2) / 0.2, math.log(2) / 0.2]], rtol=1e-5, atol=1e-6)
     assert not bbox[3:].any()
 
 
@@ -68,8 +84,9 @@ def test_rpn_targets_balance_positives_and_negatives():
     assert np.sum(match == 1) == 5  # half of RPN_TRAIN_ANCHORS_PER_IMAGE
     assert np.sum(match == -1) == 5
     assert np.all(np.flatnonzero(match == 1) < 20) and np.all(np.flatnonzero(match == -1) >= 20)
-    decoded = utils.apply_box_deltas(anchors[match == 1], bbox[:5] * config.RPN_BBOX_STD_DEV)
-    np.testing.assert_allclose(decoded, np.repeat(GT_BOXES[:1], 5, axis=0), atol=1e-3)
+    np.testing.assert_allclose(bbox[:5], deltas_by_definition(anchors[match == 1], GT_BOXES[[0] * 5])
+                               / config.RPN_BBOX_STD_DEV, rtol=1e-4, atol=1e-5)
+    assert not bbox[5:].any()
 
 
 def test_rpn_targets_without_gt_are_all_negative():
@@ -93,7 +110,7 @@ def test_rpn_targets_gt_touching_no_anchor_makes_no_positives():
 
 IMAGE = 32
 GT_PIXELS = np.array([6, 6, 22, 22])  # y2, x2 exclusive
-GT_NORM = utils.norm_boxes(GT_PIXELS[None], (IMAGE, IMAGE))[0]  # (6/31, 6/31, 21/31, 21/31)
+GT_NORM = (np.array([6, 6, 21, 21]) / (IMAGE - 1)).astype(np.float32)  # y2, x2 inclusive once normalised
 POSITIVE_PROPOSALS = (GT_NORM + np.array([[0, 0, 0, 0], [0.02, 0, 0, 0.01],
                                           [0.01, 0.01, -0.01, -0.01], [0.01, 0.01, 0.01, 0.01]])).astype(np.float32)
 NEGATIVE_PROPOSALS = np.array([[0.7, 0.7, 0.9, 0.9], [0.0, 0.7, 0.2, 0.95], [0.7, 0.0, 0.95, 0.3],
@@ -171,8 +188,8 @@ def test_detection_targets_counts_deltas_and_masks():
     for roi in positives:
         assert any(np.allclose(roi, p) for p in POSITIVE_PROPOSALS)
     assert sorted(map(tuple, r[2:7].tolist())) == sorted(map(tuple, NEGATIVE_PROPOSALS.tolist()))
-    decoded = utils.apply_box_deltas(positives, deltas[0, :2] * config.BBOX_STD_DEV)
-    np.testing.assert_allclose(decoded, np.repeat(GT_NORM[None], 2, axis=0), atol=1e-5)
+    np.testing.assert_allclose(deltas[0, :2], deltas_by_definition(positives, np.repeat(GT_NORM[None], 2, axis=0))
+                               / config.BBOX_STD_DEV, rtol=1e-4, atol=1e-5)
     assert not deltas[0, 2:].any() and not masks[0, 2:].any()
     for k in range(2):
         expected = np.round(crop_and_resize_reference(gt_mask_full().astype(float), positives[k], (8, 8)))

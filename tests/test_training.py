@@ -8,6 +8,7 @@ import math
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -297,6 +298,56 @@ def cli_train(dataset, logs, *extra, epochs=3):
     for setting in CLI_SETTINGS:
         args += ["--set", setting]
     return args + list(extra)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.timeout(1800)  # about 1 min of CPU per worker; far longer on a shared, loaded machine
+def test_multi_worker_two_processes_end_identical_and_only_the_chief_writes(synthetic_folder, tmp_path):
+    """Two workers on 127.0.0.1 (TF_CONFIG, MultiWorkerMirroredStrategy) train the synthetic
+    config for 2 steps, each seeded differently: the strategy must broadcast and all-reduce."""
+    hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
+    procs = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
+        args = [sys.executable, str(ROOT / "tests" / "multi_worker_train.py"), str(synthetic_folder),
+                str(tmp_path / f"logs{index}"), str(tmp_path / f"weights{index}.npz")]
+        procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    try:
+        outputs = [p.communicate(timeout=1700) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-3000:]
+    chief, worker = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
+    assert (chief["chief"], worker["chief"]) == (True, False)
+    assert chief["replicas"] == worker["replicas"] == 2
+    assert chief["global_batch"] == 2  # IMAGES_PER_GPU 1 x GPU_COUNT 1 x 2 workers
+    assert chief["epoch"] == worker["epoch"] == 1
+    assert chief["loss"] == worker["loss"] and math.isfinite(chief["loss"][0])
+
+    with np.load(tmp_path / "weights0.npz") as a, np.load(tmp_path / "weights1.npz") as b:
+        assert len(a.files) > 100
+        for key in a.files:
+            assert np.array_equal(a[key], b[key]), key
+
+    (run_dir,) = (tmp_path / "logs0").iterdir()
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"mask_rcnn_segmentation_0001.h5", "config.json", training.HISTORY_CSV, "train"} <= names
+    assert len(read_history(run_dir)) == 1
+    assert not (tmp_path / "logs1").exists() or not any((tmp_path / "logs1").rglob("*"))
 
 
 def test_kill_mid_epoch_and_resume_with_weights_last(synthetic_folder, tmp_path):

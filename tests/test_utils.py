@@ -339,3 +339,54 @@ def test_compute_recall():
     assert recall == 0.5 and list(positive) == [0, 1]
     recall, _ = utils.compute_recall(np.array([[20, 20, 30, 30], [0, 0, 10, 10]]), gt_boxes, 0.9)
     assert recall == 1.0
+
+
+def test_compute_matches_equal_ious_go_to_the_later_gt_and_the_iou_floor_applies():
+    # Prediction covers columns 0..7 of an 8x8 image; two GT halves (top, bottom) each have
+    # IoU 32 / 64 = 0.5 with it.
+    top = rect_mask((8, 8), 0, 0, 4, 8)
+    bottom = rect_mask((8, 8), 4, 0, 8, 8)
+    whole = rect_mask((8, 8), 0, 0, 8, 8)
+    gt_masks = np.stack([top, bottom], -1)
+    gt_boxes = utils.extract_bboxes(gt_masks)
+    gt_match, pred_match, overlaps = utils.compute_matches(
+        gt_boxes, np.array([1, 1]), gt_masks, utils.extract_bboxes(whole[..., None]), np.array([1]),
+        np.array([0.9]), whole[..., None], iou_threshold=0.5)
+    np.testing.assert_allclose(overlaps, [[0.5, 0.5]])
+    np.testing.assert_array_equal(pred_match, [1])
+    np.testing.assert_array_equal(gt_match, [-1, 0])
+    # score_threshold is a floor on the IoU as well
+    _, pred_match, _ = utils.compute_matches(
+        gt_boxes, np.array([1, 1]), gt_masks, utils.extract_bboxes(whole[..., None]), np.array([1]),
+        np.array([0.9]), whole[..., None], iou_threshold=0.5, score_threshold=0.6)
+    np.testing.assert_array_equal(pred_match, [-1])
+
+
+def test_compute_ap_ranks_every_prediction_even_without_gt():
+    empty = np.zeros((20, 20, 0), bool)
+    pred = rect_mask((20, 20), 0, 0, 5, 5)[..., None]
+    ap, precisions, recalls, _ = utils.compute_ap(np.zeros((0, 4)), np.zeros(0), empty,
+                                                  utils.extract_bboxes(pred), np.array([1]), np.array([0.5]), pred)
+    assert ap == 0
+    np.testing.assert_allclose(recalls, [0, 0, 1])
+    np.testing.assert_allclose(precisions, [0, 0, 0])
+
+
+def test_resize_masks_cv2_averages_areas_when_shrinking():
+    # A 2x2 checkerboard of 2-pixel cells, halved: each output pixel covers one whole cell.
+    cells = np.kron(np.array([[1, 0], [0, 1]], bool), np.ones((2, 2), bool))
+    small = utils.resize_masks_cv2(cells[..., None], 2, 2)
+    np.testing.assert_array_equal(small[..., 0], [[True, False], [False, True]])
+    # One full row of an 8x8 mask shrunk to 2x2 covers a quarter of each top pixel: gone;
+    # of a 4x4 mask, half of each top pixel: kept (inside means >= 0.5).
+    line = np.zeros((8, 8, 1), bool)
+    line[0] = True
+    assert not utils.resize_masks_cv2(line, 2, 2).any()
+    np.testing.assert_array_equal(utils.resize_masks_cv2(line[:4, :4], 2, 2)[..., 0], [[True, True], [False, False]])
+    # Enlarging keeps a block where it was, and 600 instances pass OpenCV's channel limit.
+    many = np.zeros((4, 4, 600), bool)
+    many[:2, :2] = True
+    big = utils.resize_masks_cv2(many, 8, 8)
+    assert big.shape == (8, 8, 600) and big.dtype == bool
+    np.testing.assert_array_equal(big[..., 599], np.kron(many[..., 0], np.ones((2, 2), bool)))
+    assert utils.resize_masks_cv2(np.zeros((4, 4, 0), bool), 2, 2).shape == (2, 2, 0)
