@@ -67,6 +67,10 @@ class ISICConfig(Config):
     # full-resolution refinement of the lesion mask: "none", "fill" or "grabcut".
     TASK1_TTA_FLIPS = False
     TASK1_MASK_REFINEMENT = "none"
+    # Seed of the train/val split (and of the generated synthetic images), apart from SEED
+    # (initialisation, augmentation, batch order): trainings with different SEEDs validate on
+    # the same images. A run records it in split.json; investigate reuses the run's own.
+    SPLIT_SEED = 42
 
     def validate(self):
         super().validate()
@@ -76,6 +80,7 @@ class ISICConfig(Config):
         need(self.AUGMENTATION in ("default", "geometric", "none"), "AUGMENTATION",
              "expected default, geometric or none")
         need(isinstance(self.TASK1_TTA_FLIPS, bool), "TASK1_TTA_FLIPS", "expected true or false")
+        need(is_int(self.SPLIT_SEED) and self.SPLIT_SEED >= 0, "SPLIT_SEED", "expected a non-negative integer")
         need(isinstance(self.SCHEDULE, (list, tuple)) and len(self.SCHEDULE) > 0, "SCHEDULE",
              'expected a non-empty list of [layers, end epoch, learning rate] stages, e.g. [["heads", 10, 0.001]]')
         previous_end = 0
@@ -167,9 +172,10 @@ def parse_override(text):
 def make_config(task, synthetic=False, overrides=(), inference=False):
     """The task's Config with the synthetic CPU values (when asked) and user overrides applied."""
     values = dict(SYNTHETIC_CPU_OVERRIDES) if synthetic else {}
+    if inference:
+        values.update(IMAGES_PER_GPU=1, GPU_COUNT=1)  # one image per detect() call unless --set says otherwise
     values.update(dict(overrides))
     if inference:
-        values.setdefault("IMAGES_PER_GPU", 1)
         values["GPU_COUNT"] = 1
     return TASK_CONFIGS[task](**values)
 
@@ -220,7 +226,10 @@ def build_parser():
     parser.add_argument("--steps-per-epoch", type=int, help="train: steps per epoch")
     parser.add_argument("--layers", help="train: heads, 3+, 4+, 5+, all or a regex (one stage)")
     parser.add_argument("--limit", type=int, help="use at most N images of the dataset")
-    parser.add_argument("--seed", type=int, help="seed for the split, augmentation and synthetic data")
+    parser.add_argument("--seed", type=int, help="train: seed for initialisation, augmentation and batch order")
+    parser.add_argument("--split-seed", type=int,
+                        help="seed of the train/val split and of the synthetic images (Config.SPLIT_SEED, default "
+                             "42); investigate uses the run's own and refuses another unless --subset all")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any Config value, e.g. --set IMAGE_MAX_DIM=1024 "
                              "--set 'RPN_ANCHOR_SCALES=[16,32,64,128,256]' (repeatable)")
@@ -267,6 +276,8 @@ def run(args):
     overrides = [parse_override(o) for o in args.overrides]
     if args.seed is not None:
         overrides.append(("SEED", args.seed))
+    if args.split_seed is not None:
+        overrides.append(("SPLIT_SEED", args.split_seed))
     if args.steps_per_epoch is not None:
         overrides.append(("STEPS_PER_EPOCH", args.steps_per_epoch))
     if args.mode == "train":

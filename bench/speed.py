@@ -1,4 +1,4 @@
-"""Speed and memory of the engine (SPEC §7), in one run: prints Markdown tables, writes JSON.
+"""Speed and memory of the engine (the README's benchmark tables), in one run: prints Markdown tables, writes JSON.
 
 detect: for each config set (task1: lesions.SegmentationConfig; coco: Matterport's default
   Config with 81 classes and 100 detection slots), backbone and size, one subprocess (so its

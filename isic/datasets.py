@@ -269,6 +269,8 @@ class ISICDataset(utils.Dataset):
         ids = [isic_id for isic_id, _ in candidates]
         groups = [self._lesion_id(i) or i for i in ids] if self.metadata else None
         train_ids, val_ids = split_ids(ids, groups, val_fraction, seed)
+        # What a run records of its split (isic.runs.write_split).
+        self.split_seed, self.val_fraction, self.split_val_ids = seed, val_fraction, list(val_ids)
         chosen = {"train": set(train_ids), "val": set(val_ids), "all": set(ids)}[subset]
         selected = [(i, item) for i, item in candidates if i in chosen]
 

@@ -105,8 +105,10 @@ def run(args, config, overrides=()):
     weights = runs.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
                                    args.logs)
     config = runs.run_config_for(weights, config, overrides)
-    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
-    dataset = runs.load_dataset(args.task, dataset_dir, args.subset, config.SEED, args.limit)
+    split_seed = runs.run_split_seed(weights, config, overrides, args.subset)
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, split_seed)
+    dataset = runs.load_dataset(args.task, dataset_dir, args.subset, split_seed, args.limit)
+    runs.check_run_split(weights, dataset, args.subset)
     if args.output:
         out_dir = pathlib.Path(args.output)
     elif isinstance(weights, pathlib.Path):

@@ -6,7 +6,8 @@ DATA_URL = "https://challenge.isic-archive.com/data/#2018"
 
 TASKS = ("segmentation", "attributes", "classification")
 
-# Folders under the dataset root (SPEC §4). Inputs exist per split; ground truth for training.
+# Folders under the dataset root, the official ISIC 2018 layout (isic2018/README.md). Inputs
+# exist per split; ground truth for training.
 TASK12_INPUT_DIR = "ISIC2018_Task1-2_{split}_Input"
 TASK1_GT_DIR = "ISIC2018_Task1_{split}_GroundTruth"
 TASK2_GT_DIR = "ISIC2018_Task2_{split}_GroundTruth_v3"

@@ -1,29 +1,35 @@
 """Run folders, weights choices and the inference model, shared by the three modes.
 
-A run folder is `logs/<task><YYYYMMDDTHHMM>/` with `config.json` and checkpoints
-`mask_rcnn_<task>_<epoch:04d>.h5` (Matterport's naming). Investigate and predict rebuild
-the model from the `config.json` beside the checkpoint, so the architecture always
-matches the weights.
+A run folder is `logs/<task><YYYYmmddTHHMMSS>/` (`_2`, `_3`, ... when taken; see
+mrcnn/run_dirs.py) with `config.json`, `split.json` (the split seed and the validation image
+ids the run held out) and checkpoints `mask_rcnn_<task>_<epoch:04d>.h5` (Matterport's
+naming). Investigate and predict rebuild the model from the `config.json` beside the
+checkpoint, so the architecture always matches the weights, and refuse a checkpoint of
+another task.
 """
+import hashlib
+import json
 import logging
 import pathlib
-import re
 
 from isic import layout
 from isic.errors import UserError
+from mrcnn import run_dirs
 from mrcnn.config import HEAD_LAYERS
 
 log = logging.getLogger(__name__)
 
 WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
-CHECKPOINT_RE = re.compile(r"mask_rcnn_(?P<name>.+)_(?P<epoch>\d{4})\.h5$")
+CHECKPOINT_RE = run_dirs.CHECKPOINT_RE
+SPLIT_FILE = "split.json"
 # Matterport's class-dependent heads: excluded when COCO weights meet another class count.
 COCO_HEADS = list(HEAD_LAYERS)
 EXPORT_CARD_NAME = "model_card.json"  # mrcnn.export.CARD_NAME (named here so this module does not import TF)
 
 
 def default_weights(mode, synthetic):
-    """SPEC §3: coco for train on real data, none for train on synthetic, last otherwise."""
+    """coco for train on real data (the heads are retrained), none for train on synthetic
+    (trains from scratch in minutes), last otherwise."""
     if mode == "train":
         return "none" if synthetic else "coco"
     return "last"
@@ -31,15 +37,11 @@ def default_weights(mode, synthetic):
 
 def find_last_checkpoint(logs_dir, name):
     """The newest checkpoint of the newest run folder of `name` under `logs_dir`."""
-    logs_dir = pathlib.Path(logs_dir)
-    name = name.lower()
-    runs = sorted(p for p in logs_dir.glob(f"{name}*") if p.is_dir()) if logs_dir.is_dir() else []
-    for run in reversed(runs):
-        checkpoints = sorted(p for p in run.glob(f"mask_rcnn_{name}_*.h5") if CHECKPOINT_RE.search(p.name))
-        if checkpoints:
-            return checkpoints[-1]
-    raise UserError(f"no '{name}' checkpoint under {logs_dir}: train first "
-                    f"(python lesions.py --mode train --task {name}) or pass --weights PATH")
+    try:
+        return run_dirs.find_last(logs_dir, name)
+    except FileNotFoundError:
+        raise UserError(f"no '{name}' checkpoint under {logs_dir}: train first "
+                        f"(python lesions.py --mode train --task {name}) or pass --weights PATH") from None
 
 
 def checkpoint_epoch(path):
@@ -67,28 +69,130 @@ def resolve_weights(choice, mode, synthetic, task, logs_dir):
     return path
 
 
+def _saved_config(weights_path):
+    """The dict in the config.json beside a checkpoint, or None."""
+    saved = pathlib.Path(weights_path).parent / "config.json"
+    if not saved.is_file():
+        return None
+    with open(saved, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def check_task(weights_path, config, task=None):
+    """Refuse a checkpoint trained for another task than `task` (default config.NAME): its
+    config.json's NAME/NUM_CLASSES, or the task in its file name when it has no config.json."""
+    task = task or config.NAME
+    saved = _saved_config(weights_path)
+    m = CHECKPOINT_RE.search(pathlib.Path(weights_path).name)
+    if saved is not None:
+        name, classes = saved.get("NAME"), saved.get("NUM_CLASSES")
+    elif m:
+        name, classes = m.group("name"), config.NUM_CLASSES if m.group("name") == config.NAME else None
+    else:
+        return
+    if name != config.NAME or classes != config.NUM_CLASSES:
+        found = f"'{name}' model" + (f" (NUM_CLASSES {classes})" if classes is not None else "")
+        raise UserError(f"--weights {weights_path} is a {found} but --task {task} needs a '{config.NAME}' model "
+                        f"(NUM_CLASSES {config.NUM_CLASSES}); pass --task {name} or a {task} checkpoint")
+
+
 def is_exported_model(path):
     """A folder written by --mode export (a SavedModel and its model card)."""
     path = pathlib.Path(path)
     return (path / "saved_model.pb").is_file() and (path / EXPORT_CARD_NAME).is_file()
 
 
-def run_config_for(weights_path, config, overrides=()):
+def run_config_for(weights_path, config, overrides=(), task=None):
     """The config saved beside a checkpoint, so the model matches its weights, with one
     image per batch for inference and the user's --set/--seed values on top; `config`
-    itself when the checkpoint has no config.json."""
+    itself when the checkpoint has no config.json. A checkpoint of another task is refused."""
     if not isinstance(weights_path, pathlib.Path):
         return config
     if is_exported_model(weights_path):
         return exported_config(weights_path, config, overrides)
-    saved = weights_path.parent / "config.json"
-    if not saved.is_file():
+    check_task(weights_path, config, task)
+    saved = _saved_config(weights_path)
+    if saved is None:
         return config
-    values = type(config).load(saved).to_dict()
+    values = type(config).from_dict(saved).to_dict()
+    if "SPLIT_SEED" not in saved and "SEED" in saved and hasattr(config, "SPLIT_SEED"):
+        values["SPLIT_SEED"] = saved["SEED"]  # runs from before SPLIT_SEED split with SEED
     values.update(GPU_COUNT=1, IMAGES_PER_GPU=1)
     values.update(dict(overrides))
-    log.info("Using the training config saved with the weights: %s", saved)
+    log.info("Using the training config saved with the weights: %s", pathlib.Path(weights_path).parent / "config.json")
     return type(config).from_dict(values)
+
+
+############################################################
+#  The run's train/val split
+############################################################
+
+def ids_digest(ids):
+    """SHA-256 of the ids joined by newlines (a short fingerprint of a split)."""
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def write_split(run_dir, dataset_dir, train_set, val_set):
+    """Write `split.json` into a run folder (once: a resumed run keeps the one it has): the split
+    seed, the validation fraction and the validation ids the split held out."""
+    path = pathlib.Path(run_dir) / SPLIT_FILE
+    if path.exists():
+        return path
+    val_ids = list(val_set.split_val_ids)
+    record = {"split_seed": int(val_set.split_seed), "val_fraction": float(val_set.val_fraction),
+              "dataset": str(dataset_dir), "split": val_set.split,
+              "train_images_used": train_set.num_images, "val_images_used": val_set.num_images,
+              "val_ids_sha256": ids_digest(val_ids), "val_ids": val_ids}
+    from isic import submission
+    text = json.dumps(record, indent=2) + "\n"
+    submission.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def read_split(weights_path):
+    """The run's split.json beside a checkpoint as a dict, or None."""
+    if not isinstance(weights_path, pathlib.Path):
+        return None
+    path = weights_path.parent / SPLIT_FILE
+    if not path.is_file():
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def run_split_seed(weights_path, config, overrides, subset):
+    """The split seed to load `subset` with: the run's own (split.json, else its config.json)
+    for a trained run; asking for another one is refused unless every image is scored
+    (--subset all), since the other split's 'val' holds images the run trained on."""
+    asked = dict(overrides).get("SPLIT_SEED")
+    split = read_split(weights_path)
+    saved = _saved_config(weights_path) if isinstance(weights_path, pathlib.Path) else None
+    if split is not None:
+        recorded = split["split_seed"]
+    elif saved is not None:
+        recorded = saved.get("SPLIT_SEED", saved.get("SEED"))
+    else:
+        recorded = None
+    if recorded is None or (asked is not None and subset == "all"):
+        return config.SPLIT_SEED
+    if asked is not None and asked != recorded:
+        raise UserError(f"--split-seed {asked}: {weights_path} was trained on the split of seed {recorded}, so "
+                        f"the '{subset}' images of seed {asked} include images it trained on; drop --split-seed "
+                        f"to use the run's own split, or score every image with --subset all")
+    return recorded
+
+
+def check_run_split(weights_path, dataset, subset):
+    """Refuse to score as 'val' images that the run's split.json does not list as held out."""
+    split = read_split(weights_path)
+    if split is None or subset != "val":
+        return
+    held_out = set(split["val_ids"])
+    outside = [info["id"] for info in dataset.image_info if info["id"] not in held_out]
+    if outside:
+        raise UserError(f"{len(outside)} of the {dataset.num_images} 'val' images (first: {outside[0]}) are not in "
+                        f"the validation split recorded in {weights_path.parent / SPLIT_FILE}: the run may have "
+                        f"trained on them; use --subset all to score every image")
 
 
 def exported_config(directory, config, overrides=()):

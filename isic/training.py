@@ -1,9 +1,11 @@
 """Train mode: the task's datasets, the starting weights and the staged schedule
 (heads first, then deeper layers, as Matterport's samples do), run through MaskRCNN.train.
 
-The run folder (`logs/<task><YYYYMMDDTHHMM>/`) gets config.json, one checkpoint per epoch,
-TensorBoard events and a history CSV (written by the model's training loop). Starting from
-a checkpoint of a run (`--weights last` or its path) resumes that run at the next epoch.
+The run folder (`logs/<task><YYYYmmddTHHMMSS>/`, created when training starts) gets
+config.json, split.json (the split seed and the validation ids), one checkpoint per epoch,
+TensorBoard events and a history CSV. Starting from a checkpoint of a run (`--weights last`
+or its path) resumes that run at the next epoch, appending to its history and keeping its
+config.json and split.json; any other start makes a new folder.
 
 With a time budget (`--minutes M`) the schedule's epoch counts become shares of the wall
 time: a stage ending at epoch e of a schedule ending at E ends after e/E of the budget
@@ -11,11 +13,13 @@ time: a stage ending at epoch e of a schedule ending at E ends after e/E of the 
 """
 import logging
 import os
+import pathlib
+import re
 import time
 
 from isic import runs
 from isic.errors import UserError
-from mrcnn import layer_sets
+from mrcnn import layer_sets, run_dirs
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +59,29 @@ def stage_deadlines(stages, minutes, start):
     return [start + 60.0 * minutes * end_epoch / last_end for _, end_epoch, _ in stages]
 
 
+# Layer names of the ResNet backbones (Matterport's, and resnet18's with its r18_ prefix).
+BACKBONE_LAYER_RE = re.compile(r"^(r18_)?(conv1|bn_conv1|res\d|bn\d)")
+
+
+def check_imagenet_load(report, backbone):
+    """ImageNet weights cover only the backbone, and only a ResNet-50's layers: refuse a load
+    that set no layer, and say at WARNING how many backbone layers kept their random start."""
+    expected = [n for n in report.loaded + report.missing_in_file + report.skipped_mismatch
+                if BACKBONE_LAYER_RE.match(n)]
+    loaded = [n for n in report.loaded if BACKBONE_LAYER_RE.match(n)]
+    if not loaded:
+        raise UserError(f"--weights imagenet loaded nothing into the {backbone} backbone: {report.filepath} holds "
+                        f"ImageNet ResNet-50 layers and none of its {len(expected)} layers; use BACKBONE resnet50 "
+                        f"or resnet101, or --weights none/coco")
+    skipped = [n for n in expected if n not in set(loaded)]
+    if skipped:
+        log.warning("ImageNet weights: loaded %d and skipped %d of the %d %s backbone layers with weights "
+                    "(not in %s, they start from random values): %s%s", len(loaded), len(skipped), len(expected),
+                    backbone, report.filepath, ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+    else:
+        log.info("ImageNet weights: loaded all %d %s backbone layers", len(loaded), backbone)
+
+
 def load_start_weights(model, weights, config):
     """Load the chosen starting weights into a training model."""
     from mrcnn import download
@@ -66,10 +93,35 @@ def load_start_weights(model, weights, config):
         exclude = [] if config.NUM_CLASSES == 81 else runs.COCO_HEADS
         model.load_weights(str(path), by_name=True, exclude=exclude)
     elif weights == "imagenet":
-        model.load_weights(model.get_imagenet_weights(), by_name=True)
+        report = model.load_weights(model.get_imagenet_weights(), by_name=True)
+        check_imagenet_load(report, config.BACKBONE)
+        return
     else:
         model.load_weights(str(weights), by_name=True)
     log.info("Starting from %s weights", weights)
+
+
+def split_recorder(dataset_dir, train_set, val_set):
+    """A callback that writes the run's split.json once its folder exists (training start)."""
+    import keras
+
+    class RecordSplit(keras.callbacks.Callback):
+        def __init__(self, maskrcnn):
+            super().__init__()
+            self.maskrcnn = maskrcnn
+
+        def on_train_begin(self, logs=None):
+            runs.write_split(self.maskrcnn.log_dir, dataset_dir, train_set, val_set)
+
+    return RecordSplit
+
+
+def check_resume_split(weights, config):
+    """Resuming a run keeps validating on its images: refuse another split seed."""
+    split = runs.read_split(weights) if run_dirs.checkpoint_run(weights, config.NAME) else None
+    if split is not None and split["split_seed"] != config.SPLIT_SEED:
+        raise UserError(f"--weights {weights} resumes a run trained on the split of seed {split['split_seed']}; "
+                        f"pass --split-seed {split['split_seed']} to continue it")
 
 
 def run(args, config):
@@ -86,11 +138,14 @@ def run(args, config):
         raise UserError("--minutes cannot be used with TF_CONFIG (multi-worker training); use --epochs")
 
     synthetic = args.dataset == "synthetic"
-    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SEED)
-    train_set = runs.load_dataset(args.task, dataset_dir, "train", config.SEED, args.limit)
-    val_set = runs.load_dataset(args.task, dataset_dir, "val", config.SEED, args.limit)
+    # SPLIT_SEED picks the synthetic images and the validation images; SEED the rest.
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SPLIT_SEED)
     weights = runs.resolve_weights(args.weights, "train", synthetic, args.task, args.logs)
+    if isinstance(weights, pathlib.Path):
+        check_resume_split(weights, config)
     stages = schedule_for(config, args.epochs, args.layers)
+    train_set = runs.load_dataset(args.task, dataset_dir, "train", config.SPLIT_SEED, args.limit)
+    val_set = runs.load_dataset(args.task, dataset_dir, "val", config.SPLIT_SEED, args.limit)
 
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
     for layers, _, _ in stages:  # a selection that trains nothing fails now, before anything is written
@@ -104,8 +159,9 @@ def run(args, config):
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
     deadlines = stage_deadlines(stages, minutes, start) if minutes else [None] * len(stages)
+    record_split = split_recorder(dataset_dir, train_set, val_set)
     for (layers, end_epoch, learning_rate), deadline in zip(stages, deadlines):
-        callbacks = []
+        callbacks = [record_split(model)]
         if deadline is not None:
             if time.monotonic() >= deadline:
                 continue

@@ -6,17 +6,15 @@ builder is added from another module with `register_graph_builder("training", fn
 """
 import contextlib
 import datetime
-import errno
 import logging
 import os
-import re
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn import molding
+from mrcnn import molding, run_dirs
 from mrcnn.anchors import AnchorCache
 from mrcnn.backbone import build_backbone
 from mrcnn.detection import DetectionLayer
@@ -161,40 +159,42 @@ class MaskRCNN:
         return (self.config.NAME or "mrcnn").lower()
 
     def set_log_dir(self, model_path=None):
-        """Set log_dir, checkpoint_path and epoch; a path of a checkpoint written by this class
-        (`.../<name>YYYYMMDDTHHMM/mask_rcnn_<name>_0007.h5`) resumes its folder and epoch."""
+        """Set log_dir, checkpoint_path and epoch. A checkpoint of this model's NAME inside one
+        of its run folders (`.../<name>YYYYmmddTHHMMSS/mask_rcnn_<name>_0007.h5`) resumes that
+        folder after its epoch; anything else starts a new run, whose folder (named when
+        training starts, see `open_log_dir`) is never one that exists already."""
         self.epoch = 0
-        now = datetime.datetime.now()
-        if model_path:
-            regex = (r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]"
-                     r"mask\_rcnn\_[\w-]+(\d{4})\.h5")
-            m = re.match(regex, str(model_path))
-            if m:
-                now = datetime.datetime(int(m.group(1)), int(m.group(2)), int(m.group(3)),
-                                        int(m.group(4)), int(m.group(5)))
-                self.epoch = int(m.group(6))  # the file's epoch is done; training continues after it
-                log.info("Re-starting from epoch %d", self.epoch)
-        self.log_dir = os.path.join(self.model_dir, "{}{:%Y%m%dT%H%M}".format(self._name_key(), now))
+        resumed = run_dirs.checkpoint_run(model_path, self._name_key()) if model_path else None
+        if resumed:
+            folder, self.epoch = resumed  # the file's epoch is done; training continues after it
+            self.log_dir = str(folder)
+            log.info("Re-starting from epoch %d", self.epoch)
+        else:
+            stamp = datetime.datetime.now().strftime(run_dirs.STAMP_FORMAT)
+            self.log_dir = os.path.join(self.model_dir, self._name_key() + stamp)
+        self._resuming_run = bool(resumed)
         self.checkpoint_path = os.path.join(self.log_dir, "mask_rcnn_{}_{{epoch:04d}}.h5".format(self._name_key()))
+
+    def open_log_dir(self):
+        """Called when training starts: a resumed run keeps its folder and its config.json; a new
+        run claims a fresh folder (a suffix when the time stamp is taken) and writes config.json
+        there. Returns True when the folder was created by this call."""
+        if getattr(self, "_resuming_run", False) and os.path.isdir(self.log_dir):
+            saved = os.path.join(self.log_dir, "config.json")
+            if not os.path.exists(saved):
+                self.config.save(saved)
+            return False
+        folder = run_dirs.claim_run_dir(self.model_dir, self._name_key())
+        self.log_dir = str(folder)
+        self.checkpoint_path = os.path.join(self.log_dir, "mask_rcnn_{}_{{epoch:04d}}.h5".format(self._name_key()))
+        self.config.save(os.path.join(self.log_dir, "config.json"))
+        self._resuming_run = True  # later stages of this training continue in the folder
+        return True
 
     def find_last(self):
         """Path of the newest checkpoint of this config's NAME under model_dir (newest run folder
         that holds one). Raises FileNotFoundError when there is none."""
-        key = self._name_key()
-        try:
-            dir_names = sorted(d for d in next(os.walk(self.model_dir))[1] if d.startswith(key))
-        except StopIteration:
-            dir_names = []
-        if not dir_names:
-            raise FileNotFoundError(errno.ENOENT, f"Could not find model directory under {self.model_dir}")
-        for dir_name in reversed(dir_names):
-            path = os.path.join(self.model_dir, dir_name)
-            checkpoints = sorted(f for f in next(os.walk(path))[2]
-                                 if f.startswith("mask_rcnn") and f.endswith(".h5"))
-            if checkpoints:
-                return os.path.join(path, checkpoints[-1])
-        newest = os.path.join(self.model_dir, dir_names[-1])
-        raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {newest}")
+        return str(run_dirs.find_last(self.model_dir, self._name_key()))
 
     def load_weights(self, filepath, by_name=True, exclude=None):
         """Load a Keras-2-layout .h5 (Matterport's files and our checkpoints), by layer name;

@@ -9,6 +9,7 @@ import logging
 import math
 import os
 import re
+import shutil
 import sys
 import time
 
@@ -539,13 +540,14 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
         return None
     train_feed, val_feed = make_feeds(model, train_dataset, val_dataset, augmentation, workers,
                                       use_multiprocessing)
+    # Everything that can refuse the request runs before the run folder exists.
+    keras_model = compile_model(model, learning_rate, layers)
     chief = is_chief()
+    new_run = model.open_log_dir() if chief else False
     guard = NonFiniteGuard()
     checkpoint = EpochCheckpoint(model.checkpoint_path, guard, write=chief)
     callbacks = [guard, checkpoint]
     if chief:  # under TF_CONFIG the other workers write nothing into the run folder
-        os.makedirs(model.log_dir, exist_ok=True)
-        config.save(os.path.join(model.log_dir, "config.json"))
         callbacks += [CountingCSVLogger(os.path.join(model.log_dir, HISTORY_CSV), guard, append=True),
                       keras.callbacks.TensorBoard(log_dir=model.log_dir, histogram_freq=0, write_graph=False)]
     else:
@@ -554,13 +556,17 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     callbacks += list(custom_callbacks or [])
 
     log.info("Starting at epoch %d, LR=%s; checkpoints: %s", model.epoch, learning_rate, model.checkpoint_path)
-    keras_model = compile_model(model, learning_rate, layers)
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
-    history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
-                              steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
-                              validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,
-                              verbose=verbose)
+    try:
+        history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
+                                  steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
+                                  validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,
+                                  verbose=verbose)
+    except BaseException:
+        if new_run and checkpoint.last_saved is None:
+            _remove_empty_run(model)
+        raise
     stats = train_feed.stats()
     log.info("Training data: %d images without instances served, %d skipped, %d failed to load, %d truncated",
              stats["empty_served"], stats["empty_skipped"], stats["failed"], stats["truncated"])
@@ -578,6 +584,14 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     # A callback (time budget) may stop before `epochs`: continue from the last epoch run.
     model.epoch = max(model.epoch, history.epoch[-1] + 1 if history.epoch else model.epoch)
     return history
+
+
+def _remove_empty_run(model):
+    """A run that failed before its first checkpoint leaves no folder that `--weights last`
+    would have to pass over (the folder was created by this training, so all of it is ours)."""
+    log.info("Removing %s: training stopped before its first checkpoint", model.log_dir)
+    shutil.rmtree(model.log_dir, ignore_errors=True)
+    model._resuming_run = False
 
 
 def _last_checkpoint_or_none(model):

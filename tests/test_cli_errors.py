@@ -1,4 +1,4 @@
-"""Bad input through the command line (SPEC §3): one clear line, a non-zero exit, no
+"""Bad input through the command line (README, "Bad input"): one clear line, a non-zero exit, no
 traceback and no half-written output; bad items are skipped and named, the rest goes on."""
 import json
 import os

@@ -1,5 +1,6 @@
 """The MaskRCNN inference model: weight layout vs Matterport's files, detect() outputs, the
-Matterport API around it, and fidelity to the reference detections (SPEC §6)."""
+Matterport API around it, and fidelity to the reference detections
+(../shared/mrcnn-ref/expected_ISIC_0000000.npz, from Matterport's code and COCO weights)."""
 import json
 import os
 import pathlib
@@ -211,7 +212,7 @@ def test_save_and_load_weights_round_trip(light_model, tmp_path):
     layer.set_weights(original)
 
 
-# --- Fidelity (SPEC §6) ----------------------------------------------------------------------
+# --- Fidelity to Matterport's reference detections ------------------------------------------
 
 FIDELITY_CONFIG = dict(NAME="fidelity", NUM_CLASSES=81, BACKBONE="resnet101", GPU_COUNT=1, IMAGES_PER_GPU=1,
                        IMAGE_RESIZE_MODE="square", IMAGE_MIN_DIM=512, IMAGE_MAX_DIM=512,

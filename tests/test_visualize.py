@@ -403,7 +403,7 @@ def test_display_differences_captions_with_stub(monkeypatch, tmp_path):
         # Sorted input: pred 0 = the 0.9 one, matching GT 0 at IoU 0.8; pred 1 unmatched.
         return np.array([0]), np.array([0, -1]), np.array([[0.8], [0.3]])
 
-    monkeypatch.setattr(utils, "compute_matches", stub, raising=False)
+    monkeypatch.setattr(utils, "compute_matches", stub)
     path = tmp_path / "diff.png"
     fig = visualize.display_differences(gray_image(), *_two_instances(), CLASS_NAMES,
                                         save_path=path)
@@ -414,16 +414,12 @@ def test_display_differences_captions_with_stub(monkeypatch, tmp_path):
 
 
 def test_display_differences_with_real_compute_matches():
-    if not hasattr(utils, "compute_matches"):
-        pytest.skip("mrcnn.utils.compute_matches has not landed yet")
     fig = visualize.display_differences(gray_image(), *_two_instances(), CLASS_NAMES)
     # The 0.9 prediction equals the GT (IoU 1); the 0.6 one does not touch it (IoU 0).
     assert sorted(all_texts(fig)) == ["0.60 / 0.00", "0.90 / 1.00"]
 
 
 def test_display_differences_ignores_padding_rows():
-    if not hasattr(utils, "compute_matches"):
-        pytest.skip("mrcnn.utils.compute_matches has not landed yet")
     gt_box, gt_ids, gt_mask, pred_box, pred_ids, pred_scores, pred_mask = _two_instances()
     # Detections padded with an all-zero row, as the model returns them.
     pred_box = np.concatenate([pred_box, np.zeros((1, 4), int)])
@@ -436,8 +432,6 @@ def test_display_differences_ignores_padding_rows():
 
 
 def test_display_differences_without_ground_truth():
-    if not hasattr(utils, "compute_matches"):
-        pytest.skip("mrcnn.utils.compute_matches has not landed yet")
     _, _, _, pred_box, pred_ids, pred_scores, pred_mask = _two_instances()
     fig = visualize.display_differences(gray_image(), np.zeros((0, 4)), np.zeros(0, int),
                                         np.zeros((100, 120, 0), bool), pred_box, pred_ids,
