@@ -4,6 +4,7 @@
 Each batch is `(inputs,)`: the model computes its own losses, so there are no targets.
 Batches are a pure function of (seed, epoch, batch index), whatever the worker count.
 """
+import functools
 import itertools
 import logging
 import math
@@ -35,7 +36,8 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
     augmentation: an albumentations transform or imgaug augmenter applied to the resized
         image and masks together, before the boxes are taken from the masks.
     use_mini_mask: return masks cropped to their boxes and resized to MINI_MASK_SHAPE.
-    rng: np.random.Generator seeding the augmentation; None uses the augmenter's own state.
+    rng: np.random.Generator seeding the augmentation and the "crop" mode's crop; None uses
+        the augmenter's own state and Python's `random`.
     Returns:
         image: [H, W, C] uint8 (resized and padded per IMAGE_RESIZE_MODE).
         image_meta: [IMAGE_META_SIZE] (molding.compose_image_meta layout).
@@ -43,7 +45,8 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
         bbox: [N, (y1, x1, y2, x2)] int32 pixels, y2/x2 exclusive, from the masks.
         mask: [H, W, N] bool, or [MINI_MASK_SHAPE[0], MINI_MASK_SHAPE[1], N] bool.
     """
-    resized = image_cache.load_resized(dataset, config, image_id, resize_for_training)
+    build = functools.partial(resize_for_training, rng=rng)
+    resized = image_cache.load_resized(dataset, config, image_id, build)
     image, mask, class_ids = resized.image, resized.mask, resized.class_ids
     original_shape, window, scale = resized.original_shape, resized.window, resized.scale
 
@@ -67,7 +70,7 @@ def load_image_gt(dataset, config, image_id, augmentation=None, use_mini_mask=Fa
     return image, image_meta, class_ids, bbox, mask
 
 
-def resize_for_training(dataset, config, image_id):
+def resize_for_training(dataset, config, image_id, rng=None):
     """Decode an image and its masks and resize them per IMAGE_RESIZE_MODE (the part of
     load_image_gt that mrcnn.image_cache stores). Returns an image_cache.ResizedItem.
 
@@ -84,7 +87,7 @@ def resize_for_training(dataset, config, image_id):
         image, mask = area_shrink(image, mask, shrink)
     image, window, scale, padding, crop = utils.resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
     mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
     return image_cache.ResizedItem(image, mask, class_ids, original_shape, window, scale * shrink, padding, crop)
 

@@ -301,7 +301,7 @@ def _pad_centred(image, out_height, out_width):
     return padded, (top, left, top + height, left + width), padding
 
 
-def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square"):
+def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square", rng=None):
     """Resize an image keeping its aspect ratio, then pad or crop it (Matterport's modes).
 
     image: [H, W, C]. min_dim: scale up (never down) so the short side reaches it.
@@ -313,7 +313,8 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
       "pad64":  resize (min_dim/min_scale only), then zero-pad each side up to a
                 multiple of 64 (the FPN's total stride). max_dim is ignored.
       "crop":   resize (min_dim/min_scale only), then take a random min_dim x min_dim crop
-                (uses Python's `random`; training only).
+                (training only), drawn from `rng` (a np.random.Generator: the training
+                feed passes the run's seeded one) or, without it, Python's `random`.
     The resampling is skimage's bilinear one without anti-aliasing, as in the reference:
     the COCO weights and the fidelity reference saw images molded exactly this way.
     Returns:
@@ -347,8 +348,11 @@ def resize_image(image, min_dim=None, max_dim=None, min_scale=None, mode="square
         if new_height < min_dim or new_width < min_dim:
             raise ValueError(f"resize_image: a {new_height}x{new_width} image cannot be cropped "
                              f"to {min_dim}x{min_dim}")
-        y = random.randint(0, new_height - min_dim)
-        x = random.randint(0, new_width - min_dim)
+        if rng is None:
+            y = random.randint(0, new_height - min_dim)
+            x = random.randint(0, new_width - min_dim)
+        else:
+            y, x = (int(v) for v in rng.integers(0, [new_height - min_dim + 1, new_width - min_dim + 1]))
         cropped = resized[y:y + min_dim, x:x + min_dim]
         return (cropped.astype(image.dtype), (0, 0, min_dim, min_dim), scale, no_padding,
                 (y, x, min_dim, min_dim))

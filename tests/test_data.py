@@ -1,6 +1,7 @@
 """load_image_gt, the MaskRCNNSequence batch feeder, and image/mask augmentation."""
 import logging
 import pickle
+import random
 import sys
 import types
 
@@ -94,6 +95,27 @@ def test_load_image_gt_mini_masks_and_empty_images():
     assert bbox.tolist() == [[5, 5, 20, 20], [30, 40, 50, 60]]
     image, meta, class_ids, bbox, mask = load_image_gt(ShapesDataset(), config, 3, use_mini_mask=True)
     assert class_ids.shape == (0,) and bbox.shape == (0, 4) and mask.shape == (14, 14, 0)
+
+
+def test_crop_mode_draws_its_crop_from_the_runs_generator():
+    """IMAGE_RESIZE_MODE=crop: the crop follows the feed's seeded generator, not Python's
+    global `random` (whose state it leaves alone)."""
+    config = make_config(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64)
+    dataset = ShapesDataset()
+    dataset.image_info[2].update(height=100, width=120)  # larger than the 64x64 crop
+
+    def crop_box(seed):
+        _, meta, _, bbox, mask = load_image_gt(dataset, config, 2, use_mini_mask=False,
+                                               rng=np.random.default_rng(seed))
+        assert mask.shape[:2] == (64, 64)
+        return bbox.tolist()
+
+    state = random.getstate()
+    first = [crop_box(seed) for seed in range(8)]
+    assert random.getstate() == state
+    random.seed(123)
+    assert [crop_box(seed) for seed in range(8)] == first  # same seeds, same crops
+    assert len({str(b) for b in first}) > 1  # the seed does move the crop
 
 
 def test_load_image_gt_augments_before_boxes_and_drops_emptied_instances():
