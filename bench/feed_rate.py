@@ -62,7 +62,7 @@ def image_cache_folder(path):
             os.environ[image_cache.CACHE_ENV_VAR] = previous
 
 
-def skimage_resize(dataset, config, image_id):
+def skimage_resize(dataset, config, image_id, rng=None):
     """The feed's resize before issue 12 (utils.resize_image/resize_mask at full resolution:
     skimage bilinear in float64, nearest-neighbour masks), for the "before" row."""
     from mrcnn import data, image_cache, utils
@@ -72,7 +72,7 @@ def skimage_resize(dataset, config, image_id):
     original_shape = image.shape
     image, window, scale, padding, crop = utils.resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng)
     mask = utils.resize_mask(mask, scale, padding, crop).astype(bool)
     return image_cache.ResizedItem(image, mask, class_ids, original_shape, window, scale, padding, crop)
 
