@@ -20,7 +20,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -28,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-import numpy as np  # noqa: E402
+from speed import median_seconds  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 CONFIGS = ("synthetic", "task1")
 
@@ -38,17 +37,6 @@ def make_config(name):
     if name == "synthetic":
         return lesions.make_config("segmentation", synthetic=True)
     return lesions.SegmentationConfig(BACKBONE="resnet50", IMAGES_PER_GPU=1, IMAGE_MIN_DIM=512, IMAGE_MAX_DIM=512)
-
-
-def median_seconds(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def fixed_batch(config, dataset):
