@@ -27,7 +27,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "bench"))
 
-from speed import median_seconds  # noqa: E402  (bench/ is on sys.path when run as a script)
+from speed import bare_resnet50_step, median_seconds  # noqa: E402  (bench/ is on sys.path when run as a script)
 
 CONFIGS = ("synthetic", "task1")
 
@@ -45,27 +45,6 @@ def fixed_batch(config, dataset):
     feed = training.TrainingFeed(dataset, config, shuffle=False, augmentation=None, steps=1, workers=0)
     (inputs,) = feed[0]
     return tuple(inputs)
-
-
-def bare_backbone_step(config, repeats):
-    """Training step of the bare backbone at the config's size and batch (BatchNorm as configured)."""
-    import keras
-    import tensorflow as tf
-    from mrcnn.backbone import backbone_model
-    size = int(config.IMAGE_SHAPE[0])
-    model = backbone_model(config, (size, size, 3))
-    optimizer = keras.optimizers.SGD(0.001, momentum=0.9)
-    images = tf.random.uniform((config.BATCH_SIZE, size, size, 3), -100, 100)
-
-    @tf.function
-    def step(x):
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(model(x, training=True)[-1])
-        grads = tape.gradient(loss, model.trainable_weights)
-        optimizer.apply_gradients(zip(grads, model.trainable_weights))
-        return loss
-
-    return median_seconds(lambda: step(images).numpy(), repeats)
 
 
 def layer_names(keras_model):
@@ -154,11 +133,11 @@ def profile_config(name, dataset, args):
     for loss_name in LOSS_NAMES + ("weight_decay",):
         fn = loss_gradient(loss_name)
         times[f"grad {loss_name}"] = median_seconds(lambda: [g.numpy() for g in fn(batch)], args.repeats)
-    times["bare backbone step"] = bare_backbone_step(config, args.repeats)
-
     logdir = tempfile.mkdtemp(prefix="mrcnn-profile-trace-")
     by_layer, by_type, total = profile_ops(lambda: step(batch)["loss"].numpy(), logdir, args.profile_steps,
                                            layer_names(keras_model))
+    # Last: bench/speed.py's bare step clears the Keras session before building the backbone.
+    times["bare backbone step"] = bare_resnet50_step(config.BATCH_SIZE, 1, args.repeats, config=config)
     return config, times, by_layer, by_type, total
 
 
