@@ -20,6 +20,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # see mrcnn/__init__.py
 
 from isic import layout, preflight  # noqa: E402
 from isic.errors import UserError  # noqa: E402
@@ -140,7 +141,11 @@ SYNTHETIC_CPU_OVERRIDES = {
     "IMAGE_MIN_DIM": 256,
     "IMAGE_MAX_DIM": 256,
     "RPN_ANCHOR_SCALES": (16, 32, 64, 128, 256),
+    # Narrow FPN, RPN and mask head: Matterport's widths (256, 512, 256) put 3.6x ResNet-18's
+    # arithmetic on top of it at this size (bench/profile_step.py); these keep it below 1x.
     "TOP_DOWN_PYRAMID_SIZE": 128,
+    "RPN_CONV_CHANNELS": 64,
+    "MASK_HEAD_CHANNELS": 64,
     "FPN_CLASSIF_FC_LAYERS_SIZE": 256,
     "PRE_NMS_LIMIT": 1000,
     "POST_NMS_ROIS_TRAINING": 300,

@@ -38,6 +38,10 @@ CPU_RECIPE = dict(
     lesions.SYNTHETIC_CPU_OVERRIDES,
     VALIDATION_STEPS=5,
     SCHEDULE=[["all", 8, 0.01], ["all", 10, 0.001]],
+    # The widths of the published real-image run (README), not the synthetic config's narrower ones.
+    TOP_DOWN_PYRAMID_SIZE=128,
+    RPN_CONV_CHANNELS=512,
+    MASK_HEAD_CHANNELS=256,
     AUGMENTATION="geometric",
     TASK1_MASK_REFINEMENT="grabcut",
 )

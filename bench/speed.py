@@ -44,6 +44,8 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 
+import mrcnn  # noqa: E402,F401  before TensorFlow loads: its CPU allocator (mrcnn/__init__.py)
+
 TRAIN_SIZE = 512
 SETS = ("task1", "coco")
 
@@ -271,14 +273,17 @@ def bare_resnet50_step(batch, warmup, steps, config=None):
 
 
 def run_train(args, dataset, logs):
+    # Bare steps first, in a process that has not trained yet: timed after four training runs, one
+    # run's bare step read 3.05 s against 1.87 s in bench/profile_step.py the same hour.
+    bare = {}
+    for batch in args.batches:
+        print(f"train: bare resnet50 batch {batch} ...", file=sys.stderr, flush=True)
+        bare[batch] = bare_resnet50_step(batch, args.warmup, args.steps)
     rows = []
     for backbone in args.backbones:
         for batch in args.batches:
             print(f"train: {backbone} batch {batch} ...", file=sys.stderr, flush=True)
             rows.append(model_step(backbone, batch, dataset, args.warmup, args.steps, logs))
-    bare = {}
-    for batch in args.batches:
-        bare[batch] = bare_resnet50_step(batch, args.warmup, args.steps)
     for row in rows:
         row["bare_resnet50_step_s"] = bare[row["batch"]]
         row["ratio"] = round(row["step_s"] / bare[row["batch"]], 2)
@@ -294,10 +299,11 @@ def synthetic_row(dataset, args, logs):
     print("train: synthetic quick-start config ...", file=sys.stderr, flush=True)
     config = lesions.make_config("segmentation", synthetic=True,
                                  overrides={"STEPS_PER_EPOCH": args.warmup + args.steps, "VALIDATION_STEPS": 1}.items())
+    bare = bare_resnet50_step(config.BATCH_SIZE, args.warmup, args.steps, config=config)
     row = model_step(config.BACKBONE, config.BATCH_SIZE, dataset, args.warmup, args.steps, logs, config=config)
     row["synthetic"] = True
     row["size"] = int(config.IMAGE_SHAPE[0])
-    row["bare_backbone_step_s"] = bare_resnet50_step(config.BATCH_SIZE, args.warmup, args.steps, config=config)
+    row["bare_backbone_step_s"] = bare
     row["ratio"] = round(row["step_s"] / row["bare_backbone_step_s"], 2)
     row["images_per_s"] = round(row["batch"] / row["step_s"], 3)
     return row

@@ -1,0 +1,11 @@
+"""Mask R-CNN for TensorFlow 2.21 / Keras 3 with Matterport's public API and weight layout.
+
+Importing the package before TensorFlow allocates its first tensor makes TensorFlow's CPU
+allocator a BFC pool (TF_CPU_ALLOCATOR_USE_BFC, unless the environment already sets it): with
+the default allocator, a training process that has run Keras' fit() spends as much time in
+the kernel (page faults on freshly mapped memory) as in the step itself. bench/profile_step.py
+and tests/test_allocator.py measure it.
+"""
+import os
+
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")

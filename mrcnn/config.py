@@ -29,7 +29,8 @@ _DERIVED_ATTRS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
 # Attribute groups checked alike by Config.validate.
 _POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_STEPS",
-                  "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE", "RPN_ANCHOR_STRIDE",
+                  "FPN_CLASSIF_FC_LAYERS_SIZE", "TOP_DOWN_PYRAMID_SIZE", "RPN_CONV_CHANNELS",
+                  "MASK_HEAD_CHANNELS", "RPN_ANCHOR_STRIDE",
                   "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
                   "IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGE_CHANNEL_COUNT", "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE",
                   "MASK_POOL_SIZE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES")
@@ -88,6 +89,12 @@ class Config:
 
     FPN_CLASSIF_FC_LAYERS_SIZE = 1024
     TOP_DOWN_PYRAMID_SIZE = 256
+    # Widths that Matterport hard-codes (the COCO weights need these values): the RPN's shared
+    # 3x3 convolution, run on every pyramid level, and the mask head's four 3x3 convolutions and
+    # transposed convolution, run on every positive ROI. A model trained from scratch on a CPU
+    # can narrow them; they are most of the arithmetic above the backbone.
+    RPN_CONV_CHANNELS = 512
+    MASK_HEAD_CHANNELS = 256
 
     NUM_CLASSES = 1  # Override in sub-classes (background + classes)
 

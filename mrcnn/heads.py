@@ -121,16 +121,17 @@ def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes,
 
 
 def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True,
-                         return_logits=False):
+                         return_logits=False, channels=256):
     """rois [batch, num_rois, (y1, x1, y2, x2)] normalised -> masks [batch, num_rois, 2*pool, 2*pool, classes]
     (sigmoid probabilities, float32). return_logits: also return the logits (same shape), as
-    (masks, logits)."""
+    (masks, logits). channels: width of the 3x3 and transposed convolutions (Config.MASK_HEAD_CHANNELS)."""
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")([rois, image_meta] + feature_maps)
     for i in range(1, 5):
-        x = time_distributed(KL.Conv2D, f"mrcnn_mask_conv{i}", 256, (3, 3), padding="same")(x)
+        x = time_distributed(KL.Conv2D, f"mrcnn_mask_conv{i}", channels, (3, 3), padding="same")(x)
         x = time_distributed(BatchNorm, f"mrcnn_mask_bn{i}", train_bn=train_bn)(x)
         x = KL.Activation("relu")(x)
-    x = time_distributed(KL.Conv2DTranspose, "mrcnn_mask_deconv", 256, (2, 2), strides=2, activation="relu")(x)
+    x = time_distributed(KL.Conv2DTranspose, "mrcnn_mask_deconv", channels, (2, 2), strides=2,
+                         activation="relu")(x)
     output = MaskOutput(MatmulConv2D(num_classes, (1, 1), strides=1, name="mrcnn_mask"), name="mrcnn_mask")
     masks = output(x)
     if return_logits:

@@ -70,7 +70,8 @@ def build_inference_graph(model, config, trunk):
         [rpn_rois, mrcnn_class, mrcnn_bbox, image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, feature_maps, image_meta, config.MASK_POOL_SIZE,
-                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN)
+                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN,
+                                      channels=config.MASK_HEAD_CHANNELS)
 
     inputs = [trunk["input_image"], image_meta, input_anchors]
     outputs = [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, trunk["rpn_class"], trunk["rpn_bbox"],
@@ -134,7 +135,8 @@ class MaskRCNN:
         c2, c3, c4, c5 = build_backbone(input_image, config)
         rpn_feature_maps, mrcnn_feature_maps = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
 
-        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE)
+        rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE,
+                              channels=config.RPN_CONV_CHANNELS)
         rpn_class_logits, rpn_class, rpn_bbox = rpn_outputs(rpn, rpn_feature_maps)
         return {"input_image": input_image, "input_image_meta": input_image_meta,
                 "rpn_feature_maps": rpn_feature_maps, "mrcnn_feature_maps": mrcnn_feature_maps,

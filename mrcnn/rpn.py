@@ -3,14 +3,15 @@ import keras
 from keras import layers as KL
 
 
-def build_rpn_model(anchor_stride, anchors_per_location, depth):
+def build_rpn_model(anchor_stride, anchors_per_location, depth, channels=512):
     """The nested Model `rpn_model`: feature map [batch, h, w, depth] ->
     [rpn_class_logits [batch, anchors, 2], rpn_probs [batch, anchors, 2], rpn_bbox [batch, anchors, 4]].
 
     Anchors are ordered (row, column, anchor-at-location), matching utils.generate_pyramid_anchors.
+    channels: width of the shared 3x3 convolution (Config.RPN_CONV_CHANNELS).
     """
     feature_map = KL.Input(shape=[None, None, depth], name="input_rpn_feature_map")
-    shared = KL.Conv2D(512, (3, 3), padding="same", activation="relu", strides=anchor_stride,
+    shared = KL.Conv2D(channels, (3, 3), padding="same", activation="relu", strides=anchor_stride,
                        name="rpn_conv_shared")(feature_map)
     # [batch, h, w, anchors_per_location * 2] -> [batch, anchors, 2]
     x = KL.Conv2D(2 * anchors_per_location, (1, 1), padding="valid", activation="linear",

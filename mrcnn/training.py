@@ -169,7 +169,8 @@ def build_training_graph(model, config, trunk):
     mask_targets = LeadingRois(positive_slots, name="mask_targets")(target_mask)
     # mrcnn_mask: probabilities (the model's output); mask_logits: the same layer's logits, for the loss
     mrcnn_mask, mask_logits = build_fpn_mask_graph(mask_rois, feature_maps, image_meta, config.MASK_POOL_SIZE,
-                                                   config.NUM_CLASSES, train_bn=config.TRAIN_BN, return_logits=True)
+                                                   config.NUM_CLASSES, train_bn=config.TRAIN_BN, return_logits=True,
+                                                   channels=config.MASK_HEAD_CHANNELS)
     output_rois = StopGradient(name="output_rois")(rois)
 
     rpn_class_loss = LossLayer(L.rpn_class_loss_graph, name="rpn_class_loss")(
@@ -499,10 +500,15 @@ def synchronize_batch_norm(keras_model):
 
 def compile_model(model, learning_rate, layers):
     """Freeze per `layers`, then compile with SGD(momentum, clipnorm); mixed_float16 adds
-    dynamic loss scaling. Recompiling retraces train_step for the new trainable set."""
+    dynamic loss scaling. Recompiling retraces train_step for the new trainable set; a stage
+    that trains the same layers as the compiled one (a learning-rate drop) only sets the new
+    rate on the same optimizer, so its momentum carries over and nothing is retraced."""
     config = model.config
     keras_model = model.keras_model
-    set_trainable(keras_model, layer_regex(layers))
+    trainable = tuple(set_trainable(keras_model, layer_regex(layers)))
+    if getattr(keras_model, "compiled_trainable", None) == trainable and keras_model.optimizer is not None:
+        keras_model.optimizer.learning_rate.assign(learning_rate)
+        return keras_model
     if keras_model.distribute_strategy.num_replicas_in_sync > 1:
         synchronize_batch_norm(keras_model)
     with keras_model.distribute_strategy.scope():
@@ -512,6 +518,7 @@ def compile_model(model, learning_rate, layers):
         if config.MIXED_PRECISION == "mixed_float16":
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         keras_model.compile(optimizer=optimizer, jit_compile=False)
+    keras_model.compiled_trainable = trainable
     return keras_model
 
 

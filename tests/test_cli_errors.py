@@ -17,7 +17,8 @@ from isic.synthetic import generate_dataset
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = {"BACKBONE": "resnet18", "IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64,
         "RPN_ANCHOR_SCALES": [8, 16, 32, 64, 128], "POST_NMS_ROIS_INFERENCE": 50,
-        "PRE_NMS_LIMIT": 500, "DETECTION_MAX_INSTANCES": 5, "DETECTION_MIN_CONFIDENCE": 0.0}
+        "PRE_NMS_LIMIT": 500, "DETECTION_MAX_INSTANCES": 5, "DETECTION_MIN_CONFIDENCE": 0.0,
+        "TOP_DOWN_PYRAMID_SIZE": 64, "RPN_CONV_CHANNELS": 64, "MASK_HEAD_CHANNELS": 32}
 
 
 def set_args(values):

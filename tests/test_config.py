@@ -25,6 +25,7 @@ def test_matterport_defaults():
     assert c.MASK_SHAPE == [28, 28] and c.POOL_SIZE == 7 and c.MASK_POOL_SIZE == 14
     assert c.DETECTION_MIN_CONFIDENCE == 0.7 and c.DETECTION_NMS_THRESHOLD == 0.3
     assert c.TRAIN_BN is False and c.GRADIENT_CLIP_NORM == 5.0
+    assert c.RPN_CONV_CHANNELS == 512 and c.MASK_HEAD_CHANNELS == 256 and c.TOP_DOWN_PYRAMID_SIZE == 256
     np.testing.assert_allclose(c.MEAN_PIXEL, [123.7, 116.8, 103.9])
 
 
@@ -59,6 +60,8 @@ def test_keyword_overrides_and_unknown_attribute():
     ({"MIXED_PRECISION": "float8"}, "MIXED_PRECISION"),
     ({"IMAGE_MIN_DIM": 1088}, "IMAGE_MIN_DIM"),
     ({"MASK_POOL_SIZE": 28}, "MASK_SHAPE"),
+    ({"RPN_CONV_CHANNELS": 0}, "RPN_CONV_CHANNELS"),
+    ({"MASK_HEAD_CHANNELS": 12.5}, "MASK_HEAD_CHANNELS"),
 ])
 def test_invalid_values_name_the_attribute(overrides, attr):
     with pytest.raises(ConfigError) as err:

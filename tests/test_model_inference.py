@@ -113,6 +113,25 @@ def test_weighted_layers_equal_matterport_layout(backbone, tmp_path):
     keras.backend.clear_session()
 
 
+def test_rpn_and_mask_head_widths_follow_the_config(tmp_path):
+    """RPN_CONV_CHANNELS and MASK_HEAD_CHANNELS set the kernels Matterport fixes at 512 and 256
+    (the layout test above holds the defaults to the COCO file), under the same layer names."""
+    config = light_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, IMAGES_PER_GPU=1, RPN_CONV_CHANNELS=48,
+                          MASK_HEAD_CHANNELS=24, TOP_DOWN_PYRAMID_SIZE=32)
+    model = MaskRCNN("inference", config, str(tmp_path))
+    shapes = {w["name"]: tuple(w["shape"]) for entry in weights_io.model_weight_layout(model.keras_model)
+              for w in entry["weights"]}
+    assert shapes["rpn_conv_shared/kernel:0"] == (3, 3, 32, 48)
+    assert shapes["rpn_class_raw/kernel:0"] == (1, 1, 48, 6)
+    assert shapes["mrcnn_mask_conv1/kernel:0"] == (3, 3, 32, 24)
+    assert all(shapes[f"mrcnn_mask_conv{i}/kernel:0"] == (3, 3, 24, 24) for i in (2, 3, 4))
+    assert shapes["mrcnn_mask_deconv/kernel:0"] == (2, 2, 24, 24)
+    assert shapes["mrcnn_mask/kernel:0"] == (1, 1, 24, config.NUM_CLASSES)
+    result = model.detect([np.full((64, 64, 3), 120, np.uint8)])[0]
+    assert_well_formed(result, (64, 64, 3), config.NUM_CLASSES)
+    keras.backend.clear_session()
+
+
 # --- detect() ------------------------------------------------------------------------------
 
 def test_detect_square_512_image(light_model):

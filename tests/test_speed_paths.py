@@ -24,6 +24,7 @@ def small_config(**overrides):
     values = dict(NAME="speedpaths", NUM_CLASSES=3, BACKBONE="resnet18", GPU_COUNT=1, IMAGES_PER_GPU=2,
                   IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, PRE_NMS_LIMIT=500, POST_NMS_ROIS_INFERENCE=100,
                   RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), TOP_DOWN_PYRAMID_SIZE=64, FPN_CLASSIF_FC_LAYERS_SIZE=128,
+                  RPN_CONV_CHANNELS=64, MASK_HEAD_CHANNELS=32,
                   DETECTION_MIN_CONFIDENCE=0.0, DETECTION_MAX_INSTANCES=MAX_INSTANCES)
     values.update(overrides)
     return Config(**values)

@@ -70,6 +70,7 @@ def tiny_config(**overrides):
                   RPN_TRAIN_ANCHORS_PER_IMAGE=32, PRE_NMS_LIMIT=500, POST_NMS_ROIS_TRAINING=100,
                   POST_NMS_ROIS_INFERENCE=50, TRAIN_ROIS_PER_IMAGE=16, MAX_GT_INSTANCES=4,
                   MINI_MASK_SHAPE=(14, 14), FPN_CLASSIF_FC_LAYERS_SIZE=64, TOP_DOWN_PYRAMID_SIZE=64,
+                  RPN_CONV_CHANNELS=64, MASK_HEAD_CHANNELS=32,
                   DETECTION_MAX_INSTANCES=10, DETECTION_MIN_CONFIDENCE=0.0,
                   STEPS_PER_EPOCH=3, VALIDATION_STEPS=1)
     values.update(overrides)
@@ -177,6 +178,24 @@ def test_checkpoint_loads_into_inference_model_bit_exact(overfit_run, tmp_path):
     assert os.path.basename(inference.log_dir) == os.path.basename(model.log_dir)
     result = inference.detect([BlobDataset(4, 2).load_image(1)])[0]
     assert result["masks"].shape[:2] == (64, 64)
+
+
+def test_a_learning_rate_drop_keeps_the_compiled_step_and_a_new_layer_set_retraces(overfit_run):
+    """A stage that trains the same layers (a schedule's learning-rate drop) reuses the traced
+    train_step and the optimizer (momentum, step count); other layers recompile. Runs after
+    the tests above that read the fixture's run."""
+    model, _, config, traces = overfit_run
+    optimizer = model.keras_model.optimizer
+    dataset = BlobDataset(4, config.NUM_CLASSES)
+    same = TraceRecorder()
+    model.train(dataset, dataset, learning_rate=0.002, epochs=4, layers="all", verbose=0, custom_callbacks=[same])
+    assert same.counts == [traces[-1]] * config.STEPS_PER_EPOCH
+    assert model.keras_model.optimizer is optimizer and int(optimizer.iterations) == 4 * config.STEPS_PER_EPOCH
+    assert float(optimizer.learning_rate) == pytest.approx(0.002)
+    other = TraceRecorder()
+    model.train(dataset, dataset, learning_rate=0.001, epochs=5, layers="heads", verbose=0, custom_callbacks=[other])
+    assert other.counts[0] > traces[-1] and model.keras_model.optimizer is not optimizer
+    assert float(model.keras_model.optimizer.learning_rate) == pytest.approx(0.001)
 
 
 @pytest.mark.parametrize("num_classes", [6, 8])
@@ -289,7 +308,7 @@ CLI_SETTINGS = ["BACKBONE=resnet18", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "IM
                 "RPN_ANCHOR_SCALES=[8,16,32,64,128]", "RPN_TRAIN_ANCHORS_PER_IMAGE=32", "PRE_NMS_LIMIT=500",
                 "POST_NMS_ROIS_TRAINING=100", "TRAIN_ROIS_PER_IMAGE=16", "MAX_GT_INSTANCES=4",
                 "MINI_MASK_SHAPE=[14,14]", "FPN_CLASSIF_FC_LAYERS_SIZE=64", "TOP_DOWN_PYRAMID_SIZE=64",
-                "VALIDATION_STEPS=1", "AUGMENTATION=none"]
+                "RPN_CONV_CHANNELS=64", "MASK_HEAD_CHANNELS=32", "VALIDATION_STEPS=1", "AUGMENTATION=none"]
 
 
 def cli_train(dataset, logs, *extra, epochs=3):
