@@ -3,8 +3,8 @@
 Importing the package before TensorFlow allocates its first tensor makes TensorFlow's CPU
 allocator a BFC pool (TF_CPU_ALLOCATOR_USE_BFC, unless the environment already sets it): with
 the default allocator, a training process that has run Keras' fit() spends as much time in
-the kernel (page faults on freshly mapped memory) as in the step itself. bench/profile_step.py
-and tests/test_allocator.py measure it.
+the kernel (page faults on freshly mapped memory) as in the step itself (README, "Training
+step: where the time goes"). tests/test_allocator.py checks that the pool is on.
 """
 import os
 
