@@ -9,6 +9,7 @@ import copy
 import importlib
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -81,9 +82,9 @@ def apply_augmentation(augmenter, image, masks, seed=None):
     augmenter: an albumentations transform or Compose, an imgaug augmenter, or None.
     image: [H, W, C] (uint8 normally).
     masks: [H, W, N] bool or integer instance masks; N may be 0.
-    seed: makes the result a function of the seed (the augmenter is copied and seeded,
-        so concurrent callers do not share its random state). None: the augmenter's own
-        random state.
+    seed: makes the result a function of the seed: each thread applies its own copy of the
+        augmenter (made on first use), reseeded for every call, so concurrent callers do not
+        share random state. None: the augmenter's own random state.
     Returns (image, masks) with the input shapes and dtypes.
     """
     if augmenter is None:
@@ -109,10 +110,27 @@ def apply_augmentation(augmenter, image, masks, seed=None):
     return out_image.astype(image.dtype, copy=False), out_masks
 
 
+# Per thread: {id(augmenter): (augmenter, its private copy)}. Copying a pipeline costs more than
+# applying it to a 256 px image, and reseeding a copy resets all of its random state.
+_THREAD_COPIES = threading.local()
+
+
+def _private_copy(augmenter):
+    """This thread's copy of an albumentations pipeline (made once per thread and pipeline)."""
+    copies = getattr(_THREAD_COPIES, "copies", None)
+    if copies is None:
+        copies = _THREAD_COPIES.copies = {}
+    original, private = copies.get(id(augmenter), (None, None))
+    if original is not augmenter:  # new pipeline, or an id reused after the old one was freed
+        private = copy.deepcopy(augmenter) if isinstance(augmenter, BaseCompose) else A.Compose([augmenter])
+        copies[id(augmenter)] = (augmenter, private)
+    return private
+
+
 def _apply_albumentations(augmenter, image, masks, seed):
     aug = augmenter
     if seed is not None:
-        aug = copy.deepcopy(augmenter) if isinstance(augmenter, BaseCompose) else A.Compose([augmenter])
+        aug = _private_copy(augmenter)
         aug.set_random_seed(int(seed) % (2 ** 32))
     if masks.shape[-1] == 0:
         # An empty mask stack would be mistaken for a multi-channel image; augment the image alone.

@@ -282,6 +282,38 @@ def test_augmentation_is_deterministic_for_a_seed_and_handles_no_instances():
     assert out_image.shape == image.shape and out_masks.shape == (64, 64, 0)
 
 
+def test_a_seeded_augmentation_is_the_same_on_a_reused_copy_and_in_other_threads():
+    import copy
+    import threading
+    masks = blobs()
+    image = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    augmenter = default_augmentation()
+
+    def fresh(seed):  # what the result must be: a new copy of the pipeline seeded with `seed`
+        aug = copy.deepcopy(augmenter)
+        aug.set_random_seed(seed)
+        out = aug(image=image, mask=masks.astype(np.uint8))
+        return out["image"], out["mask"] > 0
+
+    seeds = [3, 11, 3, 5, 11, 3]
+    here = [apply_augmentation(augmenter, image, masks, seed=s) for s in seeds]
+    there = {}
+    worker = threading.Thread(target=lambda: there.update(
+        {i: apply_augmentation(augmenter, image, masks, seed=s) for i, s in enumerate(reversed(seeds))}))
+    worker.start()
+    worker.join()
+    for i, seed in enumerate(seeds):
+        want_image, want_masks = fresh(seed)
+        for got_image, got_masks in (here[i], there[len(seeds) - 1 - i]):
+            np.testing.assert_array_equal(got_image, want_image)
+            np.testing.assert_array_equal(got_masks, want_masks)
+    assert not np.array_equal(here[0][0], here[1][0])  # the seeds do differ
+    # a pipeline that is not the cached one (another object) is copied afresh
+    other = default_augmentation(colour=False)
+    np.testing.assert_array_equal(apply_augmentation(other, image, masks, seed=3)[0],
+                                  apply_augmentation(copy.deepcopy(other), image, masks, seed=3)[0])
+
+
 def test_augmentation_shape_rules():
     image = np.zeros((48, 64, 3), np.uint8)
     masks = blobs((48, 64))
