@@ -111,20 +111,23 @@ def apply_augmentation(augmenter, image, masks, seed=None):
 
 
 # Per thread: {id(augmenter): (augmenter, its private copy)}. Copying a pipeline costs more than
-# applying it to a 256 px image, and reseeding a copy resets all of its random state.
+# applying it to a 256 px image, and reseeding a copy resets all of its random state. The entry
+# holds the original, so its id cannot pass to another object while the entry exists.
 _THREAD_COPIES = threading.local()
 
 
 def _private_copy(augmenter):
-    """This thread's copy of an albumentations pipeline (made once per thread and pipeline)."""
+    """This thread's copy of an albumentations pipeline or transform (made once per thread and
+    augmenter); a lone transform is copied too, so threads never reseed a shared object."""
     copies = getattr(_THREAD_COPIES, "copies", None)
     if copies is None:
         copies = _THREAD_COPIES.copies = {}
-    original, private = copies.get(id(augmenter), (None, None))
-    if original is not augmenter:  # new pipeline, or an id reused after the old one was freed
-        private = copy.deepcopy(augmenter) if isinstance(augmenter, BaseCompose) else A.Compose([augmenter])
-        copies[id(augmenter)] = (augmenter, private)
-    return private
+    entry = copies.get(id(augmenter))
+    if entry is None:
+        private = copy.deepcopy(augmenter)
+        entry = copies[id(augmenter)] = (augmenter, private if isinstance(private, BaseCompose)
+                                         else A.Compose([private]))
+    return entry[1]
 
 
 def _apply_albumentations(augmenter, image, masks, seed):

@@ -312,6 +312,12 @@ def test_a_seeded_augmentation_is_the_same_on_a_reused_copy_and_in_other_threads
     other = default_augmentation(colour=False)
     np.testing.assert_array_equal(apply_augmentation(other, image, masks, seed=3)[0],
                                   apply_augmentation(copy.deepcopy(other), image, masks, seed=3)[0])
+    # a lone transform is applied through a private copy: the caller's object is never reseeded
+    lone = A.Affine(rotate=(-30, 30), p=1.0)
+    state = lone.random_generator.bit_generator.state
+    first = apply_augmentation(lone, image, masks, seed=9)[0]
+    assert lone.random_generator.bit_generator.state == state
+    np.testing.assert_array_equal(first, apply_augmentation(copy.deepcopy(lone), image, masks, seed=9)[0])
 
 
 def test_augmentation_shape_rules():
