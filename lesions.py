@@ -7,7 +7,7 @@
     python lesions.py --mode export --output DIR [--task T] [--weights W]
 
 This file only wires a task's Config and Dataset to a mode; the work lives in the
-`isic` and `mrcnn` packages (isic.training, isic.investigation, isic.prediction, isic.export).
+`isic` and `mrcnn` packages (isic.modes.train, isic.modes.investigate, isic.modes.predict, isic.modes.export).
 """
 import argparse
 import ast
@@ -22,9 +22,10 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # see mrcnn/__init__.py
 
-from isic import layout, preflight  # noqa: E402
+from isic import layout  # noqa: E402
+from isic.modes import preflight  # noqa: E402
 from isic.errors import UserError  # noqa: E402
-from mrcnn import layer_sets  # noqa: E402
+from mrcnn.engine import layer_sets  # noqa: E402
 from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
@@ -39,7 +40,7 @@ log = logging.getLogger("lesions")
 #  Configurations
 ############################################################
 
-# Values of Config.TASK1_MASK_REFINEMENT (implemented in isic.refinement.task1_mask; named
+# Values of Config.TASK1_MASK_REFINEMENT (implemented in isic.outputs.refinement.task1_mask; named
 # here so that validating a Config does not import OpenCV and SciPy).
 TASK1_REFINEMENTS = ("none", "fill", "grabcut")
 
@@ -64,7 +65,7 @@ class ISICConfig(Config):
     # Augmentation for training: "default" (albumentations, isic-tuned: flips, rotations,
     # small affine, colour jitter), "geometric" (the same without colour jitter) or "none".
     AUGMENTATION = "default"
-    # Task 1 post-processing (isic.refinement): test-time flips (4 views vote) and the
+    # Task 1 post-processing (isic.outputs.refinement): test-time flips (4 views vote) and the
     # full-resolution refinement of the lesion mask: "none", "fill" or "grabcut".
     TASK1_TTA_FLIPS = False
     TASK1_MASK_REFINEMENT = "none"
@@ -143,7 +144,7 @@ SYNTHETIC_CPU_OVERRIDES = {
     "RPN_ANCHOR_SCALES": (16, 32, 64, 128, 256),
     # A narrow RPN and mask head: at Matterport's widths (512, 256) they cost about 3x ResNet-18's
     # arithmetic at this size (bench/profile_step.py). A 64-channel pyramid scored 0.71 instead of
-    # 0.78 (README), so the pyramid stays at 128.
+    # 0.78 (docs/benchmarks.md), so the pyramid stays at 128.
     "TOP_DOWN_PYRAMID_SIZE": 128,
     "RPN_CONV_CHANNELS": 64,
     "MASK_HEAD_CHANNELS": 64,
@@ -265,12 +266,13 @@ def expected_errors():
     importing TensorFlow just to name the types it cannot have raised."""
     types = [UserError, ConfigError, layer_sets.LayerSelectionError, FileNotFoundError, NotADirectoryError,
              PermissionError]
-    for module, names in (("isic.datasets", ("DatasetError",)),
-                          ("mrcnn.weights_file", ("WeightsFormatError",)),
-                          ("isic.metrics", ("MetricError",)),
-                          ("isic.submission", ("SubmissionError",)),
-                          ("mrcnn.download", ("DownloadError",)),
-                          ("mrcnn.weights_io", ("WeightsFormatError", "WeightsMismatchError"))):
+    for module, names in (("isic.data.datasets", ("DatasetError",)),
+                          ("mrcnn.io.atomic", ("AtomicWriteError",)),
+                          ("mrcnn.io.weights_file", ("WeightsFormatError",)),
+                          ("isic.evaluation.metrics", ("MetricError",)),
+                          ("isic.outputs.submission", ("SubmissionError",)),
+                          ("mrcnn.io.download", ("DownloadError",)),
+                          ("mrcnn.io.weights_h5", ("WeightsFormatError", "WeightsMismatchError"))):
         if module in sys.modules:
             types.extend(getattr(sys.modules[module], name) for name in names)
     return tuple(types)
@@ -287,18 +289,18 @@ def run(args):
     if args.steps_per_epoch is not None:
         overrides.append(("STEPS_PER_EPOCH", args.steps_per_epoch))
     if args.mode == "train":
-        from isic import training
+        from isic.modes import train
         config = make_config(args.task, synthetic, overrides)
-        return training.run(args, config)
+        return train.run(args, config)
     config = make_config(args.task, synthetic, overrides, inference=True)
     if args.mode == "investigate":
-        from isic import investigation
-        return investigation.run(args, config, overrides)
+        from isic.modes import investigate
+        return investigate.run(args, config, overrides)
     if args.mode == "export":
-        from isic import export
+        from isic.modes import export
         return export.run(args, config, overrides)
-    from isic import prediction
-    return prediction.run(args, config, overrides)
+    from isic.modes import predict
+    return predict.run(args, config, overrides)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Training-feed rate from full-size sources, without and with the decoded-image cache, next
 to the rate from 512x512 sources (issue 12's goal: cached full-size >= 0.8 x 512x512).
 
-The feed is the one training uses: mrcnn.training.TrainingFeed (load_image_gt with the
+The feed is the one training uses: mrcnn.engine.trainer.TrainingFeed (load_image_gt with the
 Task 1 augmentation, RPN targets, molding) for lesions.SegmentationConfig (512x512, 2 images
 per batch), drained through Keras' PyDataset adapter with `threads` worker threads. Each
 row is one epoch over the generated images: "off, skimage resize (before)" as the feed was
@@ -49,8 +49,8 @@ def ensure_sources(work_dir, size, count, seed=0):
 
 @contextlib.contextmanager
 def image_cache_folder(path):
-    """Point mrcnn.image_cache at `path` for the duration."""
-    from mrcnn import image_cache
+    """Point mrcnn.data.image_cache at `path` for the duration."""
+    from mrcnn.data import image_cache
     previous = os.environ.get(image_cache.CACHE_ENV_VAR)
     os.environ[image_cache.CACHE_ENV_VAR] = str(path)
     try:
@@ -65,10 +65,12 @@ def image_cache_folder(path):
 def skimage_resize(dataset, config, image_id, rng=None):
     """The feed's resize before issue 12 (utils.resize_image/resize_mask at full resolution:
     skimage bilinear in float64, nearest-neighbour masks), for the "before" row."""
-    from mrcnn import data, image_cache, utils
+    from mrcnn import utils
+    from mrcnn.data import feed
+    from mrcnn.data import image_cache
     image = dataset.load_image(image_id)
     mask, class_ids = dataset.load_mask(image_id)
-    mask, class_ids = data._check_annotations(image, mask, class_ids, dataset, image_id)
+    mask, class_ids = feed._check_annotations(image, mask, class_ids, dataset, image_id)
     original_shape = image.shape
     image, window, scale, padding, crop = utils.resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
@@ -80,26 +82,32 @@ def skimage_resize(dataset, config, image_id, rng=None):
 @contextlib.contextmanager
 def feed_resize(build):
     """Use `build` (or the current resize when None) as load_image_gt's decode-and-resize step."""
-    from mrcnn import data
-    current = data.resize_for_training
-    data.resize_for_training = build or current
+    from mrcnn.data import feed
+    current = feed.resize_for_training
+    feed.resize_for_training = build or current
     try:
         yield
     finally:
-        data.resize_for_training = current
+        feed.resize_for_training = current
 
 
 def epoch_rate(dataset, config, threads, augment, epoch=0):
     """Images per second of one epoch of the training feed over `dataset`."""
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-    from mrcnn import training
-    from mrcnn.augment import default_augmentation
+    from mrcnn.engine import trainer
+    from mrcnn.data.augment import default_augmentation
 
     steps = math.ceil(dataset.num_images / config.BATCH_SIZE)
     augmentation = default_augmentation("task1", seed=0) if augment else None
-    feed = training.TrainingFeed(dataset, config, shuffle=True, augmentation=augmentation, steps=steps,
+    feed = trainer.TrainingFeed(dataset, config, shuffle=True, augmentation=augmentation, steps=steps,
                                  workers=threads, use_multiprocessing=False)
     feed.set_epoch(epoch)
+    return images_per_second(feed)
+
+
+def images_per_second(feed):
+    """Images per second served by one epoch of `feed`, read the way Keras' fit() reads a
+    PyDataset (bench/speed.py's feed row uses it too)."""
+    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
     adapter = PyDatasetAdapter(feed, shuffle=False)
     adapter.on_epoch_begin()
     start = time.perf_counter()
@@ -120,7 +128,7 @@ def feed_rates(work_dir=None, count=12, threads=2, augment=True, backbone_step=T
 
     import lesions
     from isic import synthetic
-    from isic.datasets import ISICSegmentationDataset
+    from isic.data.datasets import ISICSegmentationDataset
 
     work_dir = pathlib.Path(work_dir) if work_dir else synthetic.default_cache_dir() / "feed-bench"
     full, small = f"{FULL_SIZE[0]}x{FULL_SIZE[1]}", f"{SMALL_SIZE[0]}x{SMALL_SIZE[1]}"

@@ -36,7 +36,7 @@ def compare_all(keras_model, h5_path, skip=()):
     import h5py
     import numpy as np
 
-    from mrcnn.weights_io import _model_entries
+    from mrcnn.io.weights_h5 import _model_entries
 
     checked, mismatches = 0, []
     with h5py.File(h5_path, "r") as f:
@@ -57,7 +57,7 @@ def compare_layout(keras_model, layout_path, num_classes):
     the layout JSON (heads are class-dependent, so they are left out unless 81 classes)."""
     import json
 
-    from mrcnn.weights_io import HEAD_LAYERS, model_weight_layout
+    from mrcnn.io.weights_h5 import HEAD_LAYERS, model_weight_layout
 
     if not os.path.exists(layout_path):
         return None
@@ -82,7 +82,7 @@ def main(argv=None):
 
     from mrcnn.config import Config
     from mrcnn.model import MaskRCNN
-    from mrcnn.weights_io import HEAD_LAYERS, load_weights_h5, save_weights_h5
+    from mrcnn.io.weights_h5 import HEAD_LAYERS, load_weights_h5, save_weights_h5
 
     with tempfile.TemporaryDirectory() as tmp:
         h5_path = args.h5

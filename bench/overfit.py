@@ -8,7 +8,6 @@ usage: python bench/overfit.py [--images 6] [--size 128] [--steps 600] [--lr 0.0
                               [--frozen-bn] [--json out.json]
 """
 import argparse
-import json
 import logging
 import os
 import sys
@@ -109,8 +108,8 @@ def main(argv=None):
           f"{out['first_epoch_loss']:.3f} -> {out['last_epoch_loss']:.3f} | {out['mask_iou_mean']:.4f} | "
           f"{out['mask_iou_min']:.4f} |")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(out, f, indent=2)
+        from mrcnn.io import atomic
+        atomic.write_json(args.json, out)
     return out
 
 

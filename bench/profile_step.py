@@ -41,8 +41,8 @@ def make_config(name):
 
 def fixed_batch(config, dataset):
     """One training batch (tuple of numpy inputs) from the real feed, not augmented."""
-    from mrcnn import training
-    feed = training.TrainingFeed(dataset, config, shuffle=False, augmentation=None, steps=1, workers=0)
+    from mrcnn.engine import trainer
+    feed = trainer.TrainingFeed(dataset, config, shuffle=False, augmentation=None, steps=1, workers=0)
     (inputs,) = feed[0]
     return tuple(inputs)
 
@@ -100,8 +100,8 @@ def profile_ops(run, logdir, steps, known):
 def profile_config(name, dataset, args):
     import keras
     import tensorflow as tf
-    from mrcnn import losses as L
-    from mrcnn import training
+    from mrcnn.modeling import losses as L
+    from mrcnn.engine import trainer
     from mrcnn.config import LOSS_NAMES
     from mrcnn.model import MaskRCNN
 
@@ -109,7 +109,7 @@ def profile_config(name, dataset, args):
     keras.utils.set_random_seed(0)
     config = make_config(name)
     model = MaskRCNN("training", config, tempfile.mkdtemp(prefix="mrcnn-profile-"))
-    keras_model = training.compile_model(model, 0.001, "all")
+    keras_model = trainer.compile_model(model, 0.001, "all")
     keras_model.optimizer.build(keras_model.trainable_weights)
     batch = tuple(tf.constant(v) for v in fixed_batch(config, dataset))
     variables = keras_model.trainable_weights

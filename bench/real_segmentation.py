@@ -24,12 +24,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import lesions  # noqa: E402
+from mrcnn.io import atomic  # noqa: E402
 
 WEIGHTS_NAME = "mask_rcnn_segmentation_real.h5"
 FIGURE_NAME = "boundaries.png"
 
-# What fits a 2-core CPU and learns from scratch (measured, see README "Results on real
-# images"): the synthetic CPU config (resnet18 with BatchNorm training, 256 px images,
+# What fits a 2-core CPU and learns from scratch (measured, see docs/real-image-results.md):
+# the synthetic CPU config (resnet18 with BatchNorm training, 256 px images,
 # CPU-sized RPN/ROI counts), fewer validation steps, a learning-rate drop for the last
 # fifth of the budget, geometric augmentation only, and GrabCut refinement of the lesion
 # mask at full resolution (an inference setting, saved in config.json so investigate and
@@ -38,7 +39,7 @@ CPU_RECIPE = dict(
     lesions.SYNTHETIC_CPU_OVERRIDES,
     VALIDATION_STEPS=5,
     SCHEDULE=[["all", 8, 0.01], ["all", 10, 0.001]],
-    # The widths of the published real-image run (README), not the synthetic config's narrower ones.
+    # The widths of the published real-image run (docs/real-image-results.md), not the synthetic config's narrower ones.
     TOP_DOWN_PYRAMID_SIZE=128,
     RPN_CONV_CHANNELS=512,
     MASK_HEAD_CHANNELS=256,
@@ -50,7 +51,7 @@ CPU_RECIPE = dict(
 def train_command(data, minutes, logs, seed, recipe):
     """The lesions.py arguments that train the recipe (what a user would type)."""
     argv = ["--mode", "train", "--task", "segmentation", "--dataset", str(data), "--weights", "none",
-            "--logs", str(logs), "--minutes", f"{minutes:g}", "--seed", str(seed)]
+            "--logs", str(logs), "--minutes", f"{minutes:g}", "--seed", str(seed), "--split-seed", str(seed)]
     for key, value in recipe.items():
         argv += ["--set", f"{key}={json.dumps(value, separators=(',', ':'))}"]
     return argv
@@ -125,7 +126,7 @@ def main(argv=None):
 
     argv_train = train_command(data, args.minutes, logs, args.seed, recipe)
     command = "python lesions.py " + " ".join(_quote(a) for a in argv_train)
-    (out / "command.txt").write_text(command + "\n")
+    atomic.write_text(out / "command.txt", command + "\n")
     print(command, flush=True)
     start = time.monotonic()
     status = lesions.main(argv_train)
@@ -150,7 +151,7 @@ def main(argv=None):
                                      mask_map=metrics["mask_map"])
         print(f"validation: {json.dumps(summary['validation'])}")
         boundary_figure(data, metrics_dir / "predictions", metrics["isic"]["per_image"], out / FIGURE_NAME)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic.write_json(out / "summary.json", summary)
     print(f"trained {trained_s / 60:.1f} min; weights:")
     print(weights)
     return 0

@@ -40,6 +40,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np  # noqa: E402
 
+from mrcnn.io import atomic  # noqa: E402
+
 FULL_SIZE = (2848, 4288)
 MEMORY_TARGET_MB = 300
 REFINE_TARGET_S = 3.0
@@ -140,7 +142,10 @@ def refinement_rows(data, weights, count):
     refined mask against the ground truth (a check that the work was real)."""
     import keras
     import lesions
-    from isic import metrics, outputs, refinement, runs
+    from isic.evaluation import metrics
+    from isic.outputs import deliverables
+    from isic.outputs import refinement
+    from isic.modes import runs
     keras.backend.clear_session()
     config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
     model = runs.load_inference_model(config, pathlib.Path(weights), str(pathlib.Path(tempfile.gettempdir())))
@@ -150,7 +155,7 @@ def refinement_rows(data, weights, count):
         image = dataset.load_image(image_id)
         truth = dataset.load_mask(image_id)[0].any(axis=-1)
         result = model.detect([image])[0]
-        network = outputs.lesion_mask(result, image.shape)
+        network = deliverables.lesion_mask(result, image.shape)
         source = "network"
         if network.sum() < 0.01 * network.size:
             network, source = _stand_in_mask(truth), "shifted truth"
@@ -158,7 +163,7 @@ def refinement_rows(data, weights, count):
         refined = refinement.grabcut_refine(image, network)
         grabcut_s, grabcut_cpu = time.perf_counter() - start, time.process_time() - cpu
         start, cpu = time.perf_counter(), time.process_time()
-        voted = refinement.flip_vote_mask(model, image, first_mask=outputs.lesion_mask(result, image.shape))
+        voted = refinement.flip_vote_mask(model, image, first_mask=deliverables.lesion_mask(result, image.shape))
         flips_s, flips_cpu = time.perf_counter() - start, time.process_time() - cpu
 
         def j(mask):
@@ -197,7 +202,10 @@ def real_refinement_rows(real, weights, masks="network"):
     masks: "network" (the checkpoint's top mask) or "coarse-truth" (see coarse_truth)."""
     import cv2
     import lesions
-    from isic import metrics, outputs, refinement, runs
+    from isic.evaluation import metrics
+    from isic.outputs import deliverables
+    from isic.outputs import refinement
+    from isic.modes import runs
     config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
     model = None
     if masks == "network":
@@ -219,7 +227,7 @@ def real_refinement_rows(real, weights, masks="network"):
         isic = dataset.image_info[image_id]["id"]
         image = dataset.load_image(image_id)
         truth = dataset.load_mask(image_id)[0].any(axis=-1)
-        given = (outputs.lesion_mask(model.detect([image])[0], image.shape) if model is not None
+        given = (deliverables.lesion_mask(model.detect([image])[0], image.shape) if model is not None
                  else coarse_truth(truth))
         score("input mask", isic, truth, lambda: given)
         for d in REAL_DIAMETERS:
@@ -341,7 +349,7 @@ def main(argv=None):
     report["real"] = real_refinement_rows(pathlib.Path(args.real).resolve(), weights, args.real_masks) if args.real else []
     print(markdown(report))
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(report, indent=1, default=str) + "\n")
+        atomic.write_json(args.output, report, indent=1, default=str)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Speed and memory of the engine (the README's benchmark tables), in one run: prints Markdown tables, writes JSON.
+"""Speed and memory of the engine (the tables of docs/benchmarks.md), in one run: prints Markdown tables, writes JSON.
 
 detect: for each config set (task1: lesions.SegmentationConfig; coco: Matterport's default
   Config with 81 classes and 100 detection slots), backbone and size, one subprocess (so its
@@ -17,7 +17,7 @@ train: s/step at 512 for each backbone and batch (the Task 1 config, synthetic l
   same size and batch.
 data: the training feed alone in images/s (threads and processes), and its ratio to what
   the measured training steps consume.
-export: the Task 1 model exported as a SavedModel (isic.export) and timed, in one subprocess,
+export: the Task 1 model exported as a SavedModel (isic.modes.export) and timed, in one subprocess,
   against detect() on the same 450x600 image (molding and unmolding included on both sides),
   with the bare backbone beside it; export time, load time and size of the SavedModel.
 
@@ -98,7 +98,7 @@ def detect_worker(config_set, backbone, size, repeats, few):
     """Measure one configuration in this process; returns a JSON-ready dict."""
     import keras
     import tensorflow as tf
-    from mrcnn.backbone import backbone_model
+    from mrcnn.modeling.backbone import backbone_model
     from mrcnn.model import MaskRCNN
 
     keras.utils.set_random_seed(0)
@@ -221,7 +221,7 @@ def lesion_files(folder, count=8):
 
 def model_step(backbone, batch, dataset, warmup, steps, logs, config=None):
     import keras
-    from mrcnn.augment import default_augmentation
+    from mrcnn.data.augment import default_augmentation
     from mrcnn.model import MaskRCNN
 
     class StepTimer(keras.callbacks.Callback):
@@ -252,7 +252,7 @@ def bare_resnet50_step(batch, warmup, steps, config=None):
     or the backbone of `config` (its BACKBONE, TRAIN_BN and image size)."""
     import keras
     import tensorflow as tf
-    from mrcnn.backbone import backbone_model
+    from mrcnn.modeling.backbone import backbone_model
 
     keras.backend.clear_session()
     config = config or train_config("resnet50", batch, 1)
@@ -313,20 +313,14 @@ def synthetic_row(dataset, args, logs):
 
 def pipeline_rate(dataset, workers, use_multiprocessing, batches):
     """Images per second of the training feed alone (loading, resizing, augmentation, targets)."""
-    from keras.src.trainers.data_adapters.py_dataset_adapter import PyDatasetAdapter
-    from mrcnn import training
-    from mrcnn.augment import default_augmentation
+    from mrcnn.engine import trainer
+    from mrcnn.data.augment import default_augmentation
 
     config = train_config("resnet50", 2, batches)
-    feed = training.TrainingFeed(dataset, config, shuffle=True, augmentation=default_augmentation("task1", seed=0),
+    feed = trainer.TrainingFeed(dataset, config, shuffle=True, augmentation=default_augmentation("task1", seed=0),
                                  steps=batches, workers=workers, use_multiprocessing=use_multiprocessing)
-    adapter = PyDatasetAdapter(feed, shuffle=False)
-    adapter.on_epoch_begin()
-    start = time.perf_counter()
-    count = sum(b[0][0].shape[0] for b in adapter.get_numpy_iterator())
-    seconds = time.perf_counter() - start
-    adapter.on_epoch_end()
-    return round(count / seconds, 2)
+    from feed_rate import images_per_second
+    return round(images_per_second(feed), 2)
 
 
 def run_data(args, dataset):
@@ -342,9 +336,9 @@ def export_worker(backbone, size, repeats):
     signature against detect() on one 450x600 image; returns a JSON-ready dict."""
     import keras
     import tensorflow as tf
-    from isic import export as isic_export
-    from mrcnn import export
-    from mrcnn.backbone import backbone_model
+    from isic.modes import export as isic_export
+    from mrcnn.io import saved_model
+    from mrcnn.modeling.backbone import backbone_model
     from mrcnn.model import MaskRCNN
 
     keras.utils.set_random_seed(0)
@@ -356,7 +350,7 @@ def export_worker(backbone, size, repeats):
     card = isic_export.export_model(model, "segmentation", folder, "none", [("random", image)])
     export_s = time.perf_counter() - start
     start = time.perf_counter()
-    exported = export.ExportedModel(folder)
+    exported = saved_model.ExportedModel(folder)
     load_s = time.perf_counter() - start
     start = time.perf_counter()
     exported.run(image)
@@ -464,13 +458,6 @@ def markdown(out, args):
     return "\n".join(lines)
 
 
-def write_json(out, path):
-    from mrcnn import atomic
-    with atomic.atomic_open(path, "w", encoding="utf-8") as f:
-        json.dump(out, f, indent=2)
-        f.write("\n")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -516,7 +503,8 @@ def main(argv=None):
     table = markdown(out, args)
     out["markdown"] = table
     print(table)
-    write_json(out, args.json)
+    from mrcnn.io import atomic
+    atomic.write_json(args.json, out)
     print(f"\nwrote {args.json}")
     return out
 

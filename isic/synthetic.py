@@ -55,7 +55,7 @@ import numpy as np
 from tqdm import tqdm
 
 from isic import layout
-from mrcnn import atomic
+from mrcnn.io import atomic
 
 log = logging.getLogger(__name__)
 

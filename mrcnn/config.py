@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from mrcnn import atomic
+from mrcnn.io import atomic
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ class Config:
     DETECT_MASKS_ON_SURVIVORS = True
     # Training and validation feeds store each image and its masks, decoded and resized for
     # the IMAGE_* values above, in an on-disk cache read by later epochs and runs
-    # (mrcnn.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
+    # (mrcnn.data.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
     # ~/.cache/isic-mrcnn/images). Never used with IMAGE_RESIZE_MODE "crop". False: decode every time.
     IMAGE_CACHE = True
 

@@ -1,8 +1,9 @@
 """The MaskRCNN class: Matterport's public API around a Keras 3 functional model.
 
-`build()` assembles the trunk shared by every mode (inputs, backbone, FPN, RPN) and hands it
-to the graph builder registered for the mode. The inference builder lives here; a training
-builder is added from another module with `register_graph_builder("training", fn)`.
+`build()` assembles the trunk shared by every mode (inputs, backbone, FPN, RPN) and adds the
+mode's heads: the inference graph below, or mrcnn.modeling.training_graph for training
+(imported only then). The training loop (mrcnn.engine) is imported only by `train()`, so
+building an inference model imports neither it nor albumentations.
 """
 import contextlib
 import datetime
@@ -14,15 +15,16 @@ import numpy as np
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn import molding, run_dirs
-from mrcnn.anchors import AnchorCache
-from mrcnn.backbone import build_backbone
-from mrcnn.detection import DetectionLayer
-from mrcnn.fpn import fpn_graph
-from mrcnn.heads import build_fpn_mask_graph, fpn_classifier_graph
-from mrcnn.layers import Float32Layer
-from mrcnn.proposal import ProposalLayer
-from mrcnn.rpn import build_rpn_model, rpn_outputs
+from mrcnn.data import molding
+from mrcnn.io import run_dirs
+from mrcnn.modeling.anchors import AnchorCache
+from mrcnn.modeling.backbone import build_backbone
+from mrcnn.modeling.detection import DetectionLayer
+from mrcnn.modeling.fpn import fpn_graph
+from mrcnn.modeling.heads import build_fpn_mask_graph, fpn_classifier_graph
+from mrcnn.modeling.layers import Float32Layer
+from mrcnn.modeling.proposal import ProposalLayer
+from mrcnn.modeling.rpn import build_rpn_model, rpn_outputs
 
 log = logging.getLogger(__name__)
 
@@ -31,17 +33,6 @@ MODES = ("inference", "training")
 # Inference model outputs, in order (Matterport's seven, then class_probs).
 INFERENCE_OUTPUTS = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "rpn_class",
                      "rpn_bbox", "class_probs")
-
-_GRAPH_BUILDERS = {}
-
-
-def register_graph_builder(mode, builder):
-    """Register `builder(model, config, trunk) -> keras.Model` for a mode. `trunk` is the dict
-    returned by `MaskRCNN.build_trunk` (inputs, feature maps, RPN outputs)."""
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
-    _GRAPH_BUILDERS[mode] = builder
-
 
 class DetectionBoxes(Float32Layer):
     """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
@@ -79,9 +70,6 @@ def build_inference_graph(model, config, trunk):
     return keras.Model(inputs, outputs, name="mask_rcnn")
 
 
-register_graph_builder("inference", build_inference_graph)
-
-
 @contextlib.contextmanager
 def _precision_policy(policy):
     """Build layers under Config.MIXED_PRECISION (None: float32); the global policy is
@@ -99,11 +87,10 @@ def _precision_policy(policy):
 
 def _distribution_scope(mode, config):
     """Training with GPU_COUNT > 1 or with TF_CONFIG set builds its variables under a
-    tf.distribute strategy (mrcnn.training.distribution_strategy); everything else builds
-    without one."""
+    tf.distribute strategy (mrcnn.engine.distribute); everything else builds without one."""
     if mode == "training" and (config.GPU_COUNT > 1 or os.environ.get("TF_CONFIG")):
-        from mrcnn import training
-        return training.distribution_strategy(config).scope()
+        from mrcnn.engine.distribute import distribution_strategy
+        return distribution_strategy(config).scope()
     return contextlib.nullcontext()
 
 
@@ -143,18 +130,14 @@ class MaskRCNN:
                 "rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class, "rpn_bbox": rpn_bbox, "rpn": rpn}
 
     def build(self, mode, config):
-        """Build the Keras model for `mode` (trunk + the registered graph builder)."""
-        if mode not in _GRAPH_BUILDERS and mode == "training":
-            try:
-                import mrcnn.training  # noqa: F401  (registers the training builder on import)
-            except ImportError as exc:
-                raise NotImplementedError("training mode needs mrcnn.training (not importable: "
-                                          f"{exc})") from exc
-        if mode not in _GRAPH_BUILDERS:
-            raise NotImplementedError(f"no graph builder registered for mode {mode!r}")
+        """Build the Keras model for `mode`: the shared trunk, then the mode's heads."""
+        if mode == "training":
+            from mrcnn.modeling.training_graph import build_training_graph as build_heads
+        else:
+            build_heads = build_inference_graph
         with _precision_policy(config.MIXED_PRECISION), _distribution_scope(mode, config):
             trunk = self.build_trunk(config)
-            return _GRAPH_BUILDERS[mode](self, config, trunk)
+            return build_heads(self, config, trunk)
 
     # --- Logs and checkpoints --------------------------------------------------------------
     def _name_key(self):
@@ -201,21 +184,21 @@ class MaskRCNN:
     def load_weights(self, filepath, by_name=True, exclude=None):
         """Load a Keras-2-layout .h5 (Matterport's files and our checkpoints), by layer name;
         `exclude` lists layer names to skip (e.g. the heads for another class count).
-        Returns weights_io's load report."""
-        from mrcnn import weights_io
-        report = weights_io.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
+        Returns mrcnn.io.weights_h5's load report."""
+        from mrcnn.io import weights_h5
+        report = weights_h5.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
         self.set_log_dir(filepath)
         return report
 
     def save_weights(self, filepath):
         """Write the weights in the Keras-2 layout (atomically)."""
-        from mrcnn import weights_io
-        weights_io.save_weights_h5(self.keras_model, filepath)
+        from mrcnn.io import weights_h5
+        weights_h5.save_weights_h5(self.keras_model, filepath)
 
     def get_imagenet_weights(self):
         """Download (once) and return the path of the ImageNet ResNet-50 weights (Keras-2 names
         conv1, bn_conv1, res2a_branch2a, ... that load by name into this backbone)."""
-        from mrcnn import download
+        from mrcnn.io import download
         return str(download.imagenet_resnet50_weights_path())
 
     # --- Inference -------------------------------------------------------------------------
@@ -226,12 +209,12 @@ class MaskRCNN:
         return self._anchor_cache.get(image_shape)
 
     def train(self, train_dataset, val_dataset, learning_rate, epochs, layers, augmentation=None, **kwargs):
-        """Matterport's train(); implemented in mrcnn.training (needs mode='training')."""
+        """Matterport's train(); implemented in mrcnn.engine.trainer (needs mode='training')."""
         if self.mode != "training":
             raise ValueError("train() needs a model built with mode='training'")
-        from mrcnn import training
-        return training.train(self, train_dataset, val_dataset, learning_rate=learning_rate, epochs=epochs,
-                              layers=layers, augmentation=augmentation, **kwargs)
+        from mrcnn.engine import trainer
+        return trainer.train(self, train_dataset, val_dataset, learning_rate=learning_rate, epochs=epochs,
+                             layers=layers, augmentation=augmentation, **kwargs)
 
     def mold_inputs(self, images):
         """Matterport's MaskRCNN.mold_inputs: (molded_images, image_metas, windows)."""

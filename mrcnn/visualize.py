@@ -29,7 +29,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
-from mrcnn import atomic, utils
+from mrcnn import utils
+from mrcnn.io import atomic
+from mrcnn.data.masks import unmold_mask
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _figure_and_axes(ax, figsize):
 
 
 def _save_png(fig, save_path):
-    """Write `fig` as a PNG at its own dpi, atomically (`mrcnn.atomic`)."""
+    """Write `fig` as a PNG at its own dpi, atomically (`mrcnn.io.atomic`)."""
     path = pathlib.Path(save_path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"save_path must end in .png, got {str(save_path)!r}")
@@ -387,19 +389,7 @@ def display_differences(image,
 
 def _paste_roi_mask(roi_mask, box, image_shape):
     """Full-image bool mask from a small [h, w] float mask of the box (threshold 0.5)."""
-    height, width = image_shape[:2]
-    y1, x1, y2, x2 = (int(round(v)) for v in box[:4])
-    full = np.zeros((height, width), dtype=bool)
-    if y2 <= y1 or x2 <= x1:
-        return full
-    resized = cv2.resize(np.asarray(roi_mask, dtype=np.float32), (x2 - x1, y2 - y1),
-                         interpolation=cv2.INTER_LINEAR) >= 0.5
-    cy1, cx1 = max(y1, 0), max(x1, 0)
-    cy2, cx2 = min(y2, height), min(x2, width)
-    if cy2 > cy1 and cx2 > cx1:
-        full[cy1:cy2, cx1:cx2] = resized[cy1 - y1:cy2 - y1, cx1 - x1:cx2 - x1]
-    return full
-
+    return unmold_mask(np.asarray(roi_mask, np.float32), [int(round(v)) for v in box[:4]], image_shape)
 
 def draw_rois(image, rois, refined_rois, mask, class_ids, class_names, limit=10,
               save_path=None):

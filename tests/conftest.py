@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 import mrcnn  # noqa: E402,F401  before any test module loads TensorFlow: its CPU allocator (mrcnn/__init__.py)
-# Training feeds cache decoded images (mrcnn.image_cache): keep the tests' entries out of ~/.cache,
+# Training feeds cache decoded images (mrcnn.data.image_cache): keep the tests' entries out of ~/.cache,
 # one folder per pytest process (pytest-xdist workers inherit the controller's environment, and
 # tests count their own cache reads and writes).
 if os.environ.get("MRCNN_IMAGE_CACHE_DIR", "") in ("", os.environ.get("ISIC_TESTS_IMAGE_CACHE_DIR")):

@@ -17,9 +17,10 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mrcnn import training  # noqa: E402
+from mrcnn.engine import trainer as training  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
-from test_training import BlobDataset, tiny_config  # noqa: E402
+from test_training import BlobDataset  # noqa: E402
+from tests.helpers import tiny_config  # noqa: E402
 
 LR = 0.01
 

@@ -13,22 +13,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import lesions  # noqa: E402
-from isic import runs  # noqa: E402
-from mrcnn import training  # noqa: E402
+from isic.modes import runs  # noqa: E402
+from mrcnn.engine import trainer as training  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
-
-SETTINGS = {"IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64, "IMAGES_PER_GPU": 1, "RPN_ANCHOR_SCALES": (8, 16, 32, 64, 128),
-            "RPN_TRAIN_ANCHORS_PER_IMAGE": 32, "PRE_NMS_LIMIT": 500, "POST_NMS_ROIS_TRAINING": 100,
-            "TRAIN_ROIS_PER_IMAGE": 16, "MAX_GT_INSTANCES": 4, "MINI_MASK_SHAPE": (14, 14),
-            "FPN_CLASSIF_FC_LAYERS_SIZE": 64, "TOP_DOWN_PYRAMID_SIZE": 64, "STEPS_PER_EPOCH": 2,
-            "VALIDATION_STEPS": 1, "AUGMENTATION": "none", "IMAGE_CACHE": False}
+from tests.helpers import tiny_task_config  # noqa: E402
 
 
 def main(dataset_dir, logs, out):
     workers, index = training.cluster_workers()
     keras.utils.set_random_seed(index)  # different initial weights on each worker
-    config = lesions.make_config("segmentation", synthetic=True, overrides=SETTINGS.items())
+    # The synthetic segmentation config with the tests' tiny network, 2 steps, no image cache.
+    config = tiny_task_config("segmentation", synthetic=True, IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2,
+                              VALIDATION_STEPS=1, AUGMENTATION="none", IMAGE_CACHE=False)
     train_set = runs.load_dataset("segmentation", dataset_dir, "train", config.SEED)
     val_set = runs.load_dataset("segmentation", dataset_dir, "val", config.SEED)
     model = MaskRCNN("training", config, logs)

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT
 
 PROBE = """
-import sys
+import os, sys
 if sys.argv[1] == "mrcnn":
     import mrcnn
 import tensorflow as tf
@@ -18,26 +18,29 @@ x = tf.random.uniform((256, 256)) @ tf.random.uniform((256, 256))
 try:
     info = tf.config.experimental.get_memory_info("CPU:0")
 except ValueError:
-    print("no-stats")
+    print(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"), "no-stats")
 else:
-    print("peak", info["peak"])
+    print(os.environ.get("TF_CPU_ALLOCATOR_USE_BFC", "unset"), "peak", info["peak"])
 """
 
 
-@pytest.mark.parametrize("first_import, user_value, expected", [
-    ("mrcnn", None, "peak"),          # the package's default
-    ("tensorflow", None, "no-stats"),  # TensorFlow alone: the default allocator
-    ("mrcnn", "false", "no-stats"),   # the user's setting wins
+# Whether TensorFlow alone keeps CPU memory statistics depends on the machine (with oneDNN
+# active it pools CPU memory itself), so the test checks what the package promises: it turns
+# the pool on unless the user said otherwise, and with it on the statistics are there.
+@pytest.mark.parametrize("user_value, expected_setting", [
+    (None, "true"),     # the package's default
+    ("false", "false"),  # the user's setting wins
 ])
-def test_mrcnn_import_selects_the_bfc_cpu_allocator(first_import, user_value, expected):
+def test_mrcnn_import_selects_the_bfc_cpu_allocator(user_value, expected_setting):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPU_ALLOCATOR_USE_BFC"}
     env["TF_CPP_MIN_LOG_LEVEL"] = "3"
     if user_value is not None:
         env["TF_CPU_ALLOCATOR_USE_BFC"] = user_value
-    out = subprocess.run([sys.executable, "-c", PROBE, first_import], cwd=ROOT, env=env, capture_output=True,
+    out = subprocess.run([sys.executable, "-c", PROBE, "mrcnn"], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     words = out.stdout.split()
-    assert words[0] == expected, out.stdout
-    if expected == "peak":
-        assert int(words[1]) >= 3 * 256 * 256 * 4  # the three matrices went through the pool
+    assert words[0] == expected_setting, out.stdout
+    if expected_setting == "true":
+        assert words[1] == "peak", out.stdout
+        assert int(words[2]) >= 3 * 256 * 256 * 4  # the three matrices went through the pool

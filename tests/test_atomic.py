@@ -1,9 +1,9 @@
-"""mrcnn.atomic: the one write-to-temp-then-rename helper and its file-mode rule."""
+"""mrcnn.io.atomic: the one write-to-temp-then-rename helper and its file-mode rule."""
 import os
 
 import pytest
 
-from mrcnn import atomic
+from mrcnn.io import atomic
 
 
 def current_umask():

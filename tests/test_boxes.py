@@ -1,4 +1,4 @@
-"""mrcnn.boxes, the one box coder: every function against numbers worked out by hand from the
+"""mrcnn.modeling.boxes, the one box coder: every function against numbers worked out by hand from the
 definitions (Faster R-CNN's deltas, Matterport's normalisation) or against invariants
 (round trips, IoU symmetry and bounds). NumPy and TF functions are each checked on their
 own, never against one another."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mrcnn import boxes
+from mrcnn.modeling import boxes
 
 # Box (0, 0, 10, 10) -> target (5, 10, 25, 20): centre (5, 5) -> (15, 15), size (10, 10) -> (20, 10).
 SOURCE = np.array([[0, 0, 10, 10], [10, 20, 14, 28]], np.float32)

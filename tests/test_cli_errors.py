@@ -1,11 +1,8 @@
-"""Bad input through the command line (README, "Bad input"): one clear line, a non-zero exit, no
+"""Bad input through the command line (docs/bad-input.md): one clear line, a non-zero exit, no
 traceback and no half-written output; bad items are skipped and named, the rest goes on."""
 import json
-import os
 import pathlib
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,25 +10,10 @@ from PIL import Image
 
 from isic import layout
 from isic.synthetic import generate_dataset
+from tests.helpers import run_cli, set_args, tiny_settings, tiny_task_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = {"BACKBONE": "resnet18", "IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64,
-        "RPN_ANCHOR_SCALES": [8, 16, 32, 64, 128], "POST_NMS_ROIS_INFERENCE": 50,
-        "PRE_NMS_LIMIT": 500, "DETECTION_MAX_INSTANCES": 5, "DETECTION_MIN_CONFIDENCE": 0.0,
-        "TOP_DOWN_PYRAMID_SIZE": 64, "RPN_CONV_CHANNELS": 64, "MASK_HEAD_CHANNELS": 32}
-
-
-def set_args(values):
-    args = []
-    for key, value in values.items():
-        args += ["--set", f"{key}={json.dumps(value)}"]
-    return args
-
-
-def run_cli(*args, cwd=None):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(ROOT / "lesions.py"), *map(str, args)], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+# The tests' tiny network; at most 5 detections, all kept whatever their score.
+TINY = tiny_settings(DETECTION_MAX_INSTANCES=5, DETECTION_MIN_CONFIDENCE=0.0)
 
 
 def assert_one_line_error(result, *fragments):
@@ -58,11 +40,10 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """An untrained Task 1 checkpoint with its config.json, as a run folder holds them."""
-    import lesions
     from mrcnn import model as modellib
     run_dir = tmp_path_factory.mktemp("logs") / "segmentation20260101T0000"
     run_dir.mkdir()
-    config = lesions.make_config("segmentation", overrides=TINY.items(), inference=True)
+    config = tiny_task_config("segmentation", inference=True, **TINY)
     model = modellib.MaskRCNN(mode="inference", config=config, model_dir=str(run_dir.parent))
     path = run_dir / "mask_rcnn_segmentation_0001.h5"
     model.save_weights(str(path))

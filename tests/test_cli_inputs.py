@@ -17,18 +17,18 @@ from PIL import Image
 
 from isic import layout
 from isic.synthetic import generate_dataset
-from tests.test_cli_errors import ROOT, TINY, assert_one_line_error, files_under, run_cli
+from tests.helpers import ROOT, run_cli, tiny_task_config
+from tests.test_cli_errors import TINY, assert_one_line_error, files_under
 from tests.test_inputs import oversize_png, sixteen_bit_png
 
 
 def make_checkpoint(run_dir, task):
     """An untrained checkpoint of `task` with its config.json, as a run folder holds them."""
     import keras
-    import lesions
     from mrcnn import model as modellib
     keras.backend.clear_session()
     run_dir.mkdir(parents=True)
-    config = lesions.make_config(task, overrides=TINY.items(), inference=True)
+    config = tiny_task_config(task, inference=True, **TINY)
     model = modellib.MaskRCNN(mode="inference", config=config, model_dir=str(run_dir.parent))
     path = run_dir / f"mask_rcnn_{task}_0001.h5"
     model.save_weights(str(path))
@@ -156,6 +156,10 @@ def test_oversize_and_unconvertible_images_in_a_folder_are_skipped_and_16_bit_is
     sixteen_bit_png(folder / "ISIC_0000002.png", ramp)
     oversize_png(folder / "ISIC_0000003.png")
     Image.fromarray(np.full((64, 64), 0.5, np.float32)).save(folder / "ISIC_0000004.tif")
+    # At IMAGE_MAX_DIM 64 a 4000x3 strip would be under two pixels wide: a named bad item.
+    # A 4000x100 one resizes to 64x2 and is predicted.
+    photo(folder / "ISIC_0000005.png", size=(4000, 3))
+    photo(folder / "ISIC_0000006.png", size=(4000, 100))
     out = tmp_path / "out"
     with caplog.at_level(logging.INFO):
         code = predict_in_process("--mode", "predict", "--image", folder, "--weights", checkpoints["segmentation"],
@@ -164,12 +168,15 @@ def test_oversize_and_unconvertible_images_in_a_folder_are_skipped_and_16_bit_is
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any("ISIC_0000003.png" in w and "too large" in w for w in warnings), warnings
     assert any("ISIC_0000004.tif" in w and "mode F" in w for w in warnings), warnings
+    assert any("ISIC_0000005.png" in w and "4000x3" in w and "under two pixels" in w for w in warnings), warnings
     assert any("ISIC_0000002.png" in r.getMessage() and "scaled to 8 bits" in r.getMessage()
                for r in caplog.records)
     written = files_under(out)
-    for stem in ("ISIC_0000001", "ISIC_0000002"):
+    for stem in ("ISIC_0000001", "ISIC_0000002", "ISIC_0000006"):
         assert {f"{stem}_segmentation.png", f"{stem}_overlay.png", f"{stem}.json"} <= set(written)
-    assert not any("ISIC_0000003" in n or "ISIC_0000004" in n for n in written)
+    assert not any(stem in n for n in written for stem in ("ISIC_0000003", "ISIC_0000004", "ISIC_0000005"))
+    with Image.open(out / "ISIC_0000006_segmentation.png") as im:
+        assert im.size == (100, 4000)  # the deliverable has the image's own size
     with Image.open(out / "ISIC_0000002_overlay.png") as im:
         overlay = np.asarray(im)
     assert overlay.shape == (64, 64, 3) and overlay.min() < 50  # the dark end of the ramp stays dark

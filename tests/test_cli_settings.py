@@ -4,34 +4,19 @@
 Most of these fail before TensorFlow is imported, so each run takes about a second; the two
 that need the network's layer names (a --layers typo, weights that do not fit) build a tiny model.
 """
-import json
 import os
 import pathlib
 import subprocess
-import sys
 
 import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY = {"BACKBONE": "resnet18", "IMAGE_MIN_DIM": 64, "IMAGE_MAX_DIM": 64, "IMAGES_PER_GPU": 1,
-        "RPN_ANCHOR_SCALES": [8, 16, 32, 64, 128], "PRE_NMS_LIMIT": 200, "POST_NMS_ROIS_TRAINING": 50,
-        "POST_NMS_ROIS_INFERENCE": 50, "TRAIN_ROIS_PER_IMAGE": 8, "RPN_TRAIN_ANCHORS_PER_IMAGE": 16,
-        "MAX_GT_INSTANCES": 4, "TOP_DOWN_PYRAMID_SIZE": 32, "FPN_CLASSIF_FC_LAYERS_SIZE": 32,
-        "RPN_CONV_CHANNELS": 32, "MASK_HEAD_CHANNELS": 32,
-        "DETECTION_MAX_INSTANCES": 5, "AUGMENTATION": "none"}
+from tests.helpers import run_cli, set_args, tiny_settings, tiny_task_config
 
-
-def set_args(values):
-    return [arg for key, value in values.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(ROOT / "lesions.py"), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+# The tests' tiny network, one image per step, at most 5 detections, no augmentation.
+TINY = tiny_settings(IMAGES_PER_GPU=1, DETECTION_MAX_INSTANCES=5, AUGMENTATION="none")
 
 
 def assert_error(result, *fragments, only_line=True):
@@ -217,8 +202,7 @@ def test_truncated_weights_file(checkpoint, with_config, mode, image, tmp_path):
     assert len(data) > 2 ** 21
     checkpoint.write_bytes(data[:2 ** 20])  # the first 1 MB of a checkpoint
     if with_config:
-        import lesions
-        lesions.make_config("segmentation", overrides=TINY.items()).save(checkpoint.parent / "config.json")
+        tiny_task_config("segmentation", **TINY).save(checkpoint.parent / "config.json")
     out, logs = tmp_path / "out", tmp_path / "logs"
     result = run_cli("--mode", mode, "--image", image, "--dataset", "synthetic", "--weights", checkpoint,
                      "--output", out, "--logs", logs)
@@ -267,12 +251,13 @@ def test_layers_matching_no_layer_lists_the_choices(tmp_path):
 
 def test_weights_without_config_json_that_do_not_fit(tmp_path, image):
     """Issue 17: advice for the command line (config.json missing, --set), not the Python API's."""
+    width = TINY["FPN_CLASSIF_FC_LAYERS_SIZE"]  # the class head's input; 2 classes in the model, 8 in the file
     lone = write_keras2_weights(tmp_path / "classification.h5", {"mrcnn_class_logits": {
-        "mrcnn_class_logits/kernel:0": np.zeros((TINY["FPN_CLASSIF_FC_LAYERS_SIZE"], 8), np.float32),
+        "mrcnn_class_logits/kernel:0": np.zeros((width, 8), np.float32),
         "mrcnn_class_logits/bias:0": np.zeros(8, np.float32)}})
     out = tmp_path / "out"
     result = run_cli("--mode", "predict", "--image", image, "--weights", lone, "--output", out, *set_args(TINY))
-    message = assert_error(result, str(lone), "mrcnn_class_logits", "[32, 2] in the model, [32, 8] in the file",
+    message = assert_error(result, str(lone), "mrcnn_class_logits", f"[{width}, 2] in the model, [{width}, 8] in the file",
                            "no config.json beside the weights", "--set KEY=VALUE", only_line=False)
     assert "exclude=" not in message and "skip_mismatch" not in message
     assert not out.exists()

@@ -11,10 +11,10 @@ import pytest
 import scipy.ndimage
 
 from mrcnn import utils
-from mrcnn.augment import (AugmentationError, ImgaugNotInstalledError, apply_augmentation,
-                           default_augmentation)
-from mrcnn.config import Config
-from mrcnn.data import DataPipelineError, MaskRCNNSequence, load_image_gt
+from mrcnn.data.augment import (AugmentationError, ImgaugNotInstalledError, apply_augmentation,
+                                default_augmentation)
+from mrcnn.data.feed import DataPipelineError, MaskRCNNSequence, load_image_gt
+from tests.helpers import tiny_config
 
 FILL = 200  # pixel value inside instances
 
@@ -53,11 +53,8 @@ class ShapesDataset(utils.Dataset):
 
 
 def make_config(**overrides):
-    values = dict(NAME="data", NUM_CLASSES=3, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, BACKBONE="resnet18",
-                  RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), IMAGES_PER_GPU=2, RPN_TRAIN_ANCHORS_PER_IMAGE=32,
-                  MAX_GT_INSTANCES=4, MINI_MASK_SHAPE=(14, 14), USE_MINI_MASK=True)
-    values.update(overrides)
-    return Config(**values)
+    """The tests' tiny network (tests.helpers.tiny_config) with 3 classes."""
+    return tiny_config(**{"NAME": "data", "NUM_CLASSES": 3, **overrides})
 
 
 def all_batches(seq):
@@ -217,7 +214,7 @@ def test_sequence_with_thread_workers_matches_direct_indexing():
 def test_sequence_replaces_images_that_fail_to_load(caplog):
     config = make_config()
     seq = MaskRCNNSequence(ShapesDataset(broken={2, 4}), config, shuffle=False, keep_empty=True)
-    with caplog.at_level(logging.WARNING, logger="mrcnn.data"):
+    with caplog.at_level(logging.WARNING, logger="mrcnn.data.feed"):
         batches = all_batches(seq)
     metas = np.concatenate([b[1] for b in batches])
     assert not set(metas[:, 0].astype(int)) & {2, 4}

@@ -8,10 +8,9 @@ import pytest
 from PIL import Image
 from skimage.measure import label as sk_label
 
-from isic import layout
-from isic.datasets import (DatasetError, ISICAttributesDataset, ISICClassificationDataset,
-                           ISICSegmentationDataset, approximate_lesion_mask, dataset_for_task,
-                           split_ids)
+from isic.data.datasets import (DatasetError, ISICAttributesDataset, ISICClassificationDataset,
+                                ISICSegmentationDataset, approximate_lesion_mask, dataset_for_task,
+                                split_ids)
 
 T12_IN = "ISIC2018_Task1-2_Training_Input"
 T1_GT = "ISIC2018_Task1_Training_GroundTruth"
@@ -363,7 +362,7 @@ def test_load_image_converts_grayscale_and_rgba(isic_sample, task1_root):
 def test_task3_fallback_without_ham_folder(isic_sample, tmp_path, caplog):
     for sub in (T3_IN, T3_GT):
         (tmp_path / sub).symlink_to(isic_sample / sub)
-    with caplog.at_level(logging.WARNING, logger="isic.datasets"):
+    with caplog.at_level(logging.WARNING, logger="isic.data.datasets"):
         ds = load(ISICClassificationDataset, tmp_path, subset="all")
     assert ds.num_images == 18 and ds.skipped == []
     assert sorted(ds.mask_fallback_ids) == sorted(i["id"] for i in ds.image_info)

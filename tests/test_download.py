@@ -1,4 +1,4 @@
-"""mrcnn.download against a real HTTP server on 127.0.0.1 serving files made in tmp_path."""
+"""mrcnn.io.download against a real HTTP server on 127.0.0.1 serving files made in tmp_path."""
 import functools
 import hashlib
 import http.server
@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 
-from mrcnn import download, utils
-from mrcnn.download import DownloadError
+from mrcnn import utils
+from mrcnn.io import download
+from mrcnn.io.download import DownloadError
 
 
 class CountingHandler(http.server.SimpleHTTPRequestHandler):

@@ -15,18 +15,21 @@ import tensorflow as tf
 from PIL import Image
 
 import lesions
-from isic import export as isic_export
-from isic import layout, outputs, refinement
-from mrcnn import anchors, export, molding, utils
-from mrcnn.config import Config
+from isic.modes import export as isic_export
+from isic import layout
+from isic.outputs import deliverables as outputs
+from isic.outputs import refinement
+from mrcnn import utils
+from mrcnn.modeling import anchors
+from mrcnn.io import saved_model as export
 from mrcnn.model import MaskRCNN
+from tests.helpers import mask_iou, tiny_config, tiny_task_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 REAL_IMAGE = "ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg"  # 767 x 1022
-# Small heads at 128 x 128 so that three exports stay within about a minute on 2 cores.
-TINY = [("IMAGE_MIN_DIM", 128), ("IMAGE_MAX_DIM", 128), ("POST_NMS_ROIS_INFERENCE", 50),
-        ("DETECTION_MAX_INSTANCES", 10), ("FPN_CLASSIF_FC_LAYERS_SIZE", 64), ("TOP_DOWN_PYRAMID_SIZE", 64),
-        ("IMAGES_PER_GPU", 1)]
+# The tests' tiny network at 128 x 128 on the synthetic CPU config: three exports stay within
+# about a minute on 2 cores.
+EXPORT_SETTINGS = dict(IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, DETECTION_MAX_INSTANCES=10)
 
 # Runs with `python -I` from an empty folder: no project code on sys.path, TensorFlow only.
 LOADER = textwrap.dedent("""
@@ -53,10 +56,6 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def tiny_config(task):
-    return lesions.make_config(task, synthetic=True, overrides=TINY, inference=True)
-
-
 @pytest.fixture(scope="module")
 def images(isic_sample):
     """Three sizes: a real non-square photo (shrunk), a non-square synthetic one that is
@@ -75,7 +74,8 @@ def exported(tmp_path_factory, images):
     runs = {}
     for seed, task in enumerate(layout.TASKS):
         keras.utils.set_random_seed(seed)
-        model = MaskRCNN("inference", tiny_config(task), str(root / "logs"))
+        config = tiny_task_config(task, synthetic=True, inference=True, **EXPORT_SETTINGS)
+        model = MaskRCNN("inference", config, str(root / "logs"))
         checkpoint = root / f"{task}.h5"
         model.save_weights(str(checkpoint))
         directory = root / task
@@ -106,12 +106,6 @@ def exported(tmp_path_factory, images):
 def served_of(exported, task, key):
     return {name: exported["served"][f"{task}/{key}/{name}"]
             for name in ("boxes", "class_ids", "scores", "masks", "class_probs", isic_export.DELIVERABLE_OUTPUT[task])}
-
-
-def mask_iou(a, b):
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else np.logical_and(a, b).sum() / union
 
 
 # --- The SavedModel in a TensorFlow-only process -----------------------------------------------
@@ -220,7 +214,7 @@ def test_predict_refuses_an_export_of_another_task(exported, tmp_path, capsys):
 
 
 def test_exported_model_cannot_be_trained_or_reexported(exported, tmp_path, capsys):
-    from isic import runs
+    from isic.modes import runs
     from isic.errors import UserError
     folder = str(exported["runs"]["segmentation"]["dir"])
     assert runs.resolve_weights(folder, "investigate", True, "segmentation", tmp_path) == pathlib.Path(folder)
@@ -253,26 +247,9 @@ def test_export_cli_errors_leave_nothing_behind(tmp_path, capsys):
 
 # --- In-graph molding vs NumPy (no model) -----------------------------------------------------
 
-def test_in_graph_resize_and_molding_match_numpy():
-    rng = np.random.default_rng(0)
-    for in_shape, out_shape in [((77, 102), (31, 41)), ((20, 30), (57, 85)), ((28, 28), (5, 40))]:
-        image = rng.random(in_shape + (3,)) * 255
-        np.testing.assert_allclose(export.resize_bilinear(tf.constant(image), *out_shape).numpy(),
-                                   utils.resize(image, out_shape, preserve_range=True), atol=1e-9)
-    config = Config(NAME="t", NUM_CLASSES=3, IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, IMAGES_PER_GPU=1)
-    for shape in [(300, 411, 3), (90, 120, 3), (128, 128, 3), (40, 200, 3)]:
-        image = rng.integers(0, 256, shape).astype(np.uint8)
-        molded, metas, windows = molding.mold_inputs([image], config)
-        got, meta, window = (t.numpy() for t in export.mold_image_graph(tf.constant(image), config))
-        np.testing.assert_array_equal(window, windows[0])
-        np.testing.assert_allclose(meta, metas[0], rtol=1e-6)
-        # A grey level can differ where the float result sits on an integer (truncation).
-        assert np.abs(got - molded[0]).max() <= 1.0 and (got != molded[0]).mean() < 1e-3
-
-
 def test_in_graph_anchors_and_mask_pasting_match_numpy():
-    config = Config(NAME="t", NUM_CLASSES=3, BACKBONE="resnet18", IMAGE_RESIZE_MODE="pad64",
-                    IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128, IMAGES_PER_GPU=1)
+    config = tiny_config(NUM_CLASSES=3, IMAGE_RESIZE_MODE="pad64", IMAGE_MIN_DIM=128, IMAGE_MAX_DIM=128,
+                         IMAGES_PER_GPU=1)
     for shape in [(192, 256), (128, 320)]:
         np.testing.assert_array_equal(export.pyramid_anchors_graph(config, *shape).numpy(),
                                       anchors.pyramid_anchors(config, shape))

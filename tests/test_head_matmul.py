@@ -8,10 +8,12 @@ import pytest
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn import heads, layers, weights_io
-from mrcnn.config import Config
-from mrcnn.losses import mrcnn_mask_loss_graph
+from mrcnn.modeling import heads
+from mrcnn.modeling import layers
+from mrcnn.io import weights_h5 as weights_io
+from mrcnn.modeling.losses import mrcnn_mask_loss_graph
 from mrcnn.model import MaskRCNN
+from tests.helpers import tiny_config
 
 RTOL = 1e-5
 NUM_CLASSES = 3
@@ -95,11 +97,10 @@ def test_head_layers_keep_conv2d_variables_and_outputs():
 
 
 def small_config(**overrides):
-    values = dict(NAME="matmulheads", NUM_CLASSES=NUM_CLASSES, BACKBONE="resnet18", GPU_COUNT=1, IMAGES_PER_GPU=1,
-                  IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, TOP_DOWN_PYRAMID_SIZE=32, FPN_CLASSIF_FC_LAYERS_SIZE=32,
-                  RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), POST_NMS_ROIS_INFERENCE=50, PRE_NMS_LIMIT=200)
-    values.update(overrides)
-    return Config(**values)
+    """The tests' tiny network with NUM_CLASSES classes, one image and narrower heads."""
+    return tiny_config(**{"NAME": "matmulheads", "NUM_CLASSES": NUM_CLASSES, "IMAGES_PER_GPU": 1,
+                          "TOP_DOWN_PYRAMID_SIZE": 32, "FPN_CLASSIF_FC_LAYERS_SIZE": 32, "PRE_NMS_LIMIT": 200,
+                          **overrides})
 
 
 def test_weights_files_unchanged_against_keras_conv_heads(tmp_path, monkeypatch):
@@ -183,7 +184,10 @@ def test_mask_loss_from_logits_same_in_float32_and_mixed_precision(policy):
     assert masks16.dtype == tf.float32 and float(tf.reduce_min(masks16)) >= 0 and float(tf.reduce_max(masks16)) <= 1
     assert np.mean(np.abs(logits32) > 8) > 0.3
     assert loss32 > 1.0
-    assert abs(loss16 - loss32) <= 1e-3 * loss32
+    # bfloat16 keeps 8 significant bits (unit roundoff 2**-9, about 2e-3) and AMX/oneDNN
+    # machines compute its matmuls natively: 5e-3 there, 1e-3 for float16.
+    tolerance = 5e-3 if "bfloat16" in policy else 1e-3
+    assert abs(loss16 - loss32) <= tolerance * loss32
     # Matterport's clip-then-log of the mixed head's probabilities: another loss, and no
     # gradient at all on confidently wrong pixels
     _, clipped, clipped_grad = loss_and_logit_grad(mixed, from_logits=False)

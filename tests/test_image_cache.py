@@ -1,4 +1,4 @@
-"""The decoded-image cache of the training feed (mrcnn/image_cache.py): later epochs and runs
+"""The decoded-image cache of the training feed (mrcnn/data/image_cache.py): later epochs and runs
 read it instead of decoding, a changed source file or IMAGE_MAX_DIM gets a new entry, a
 damaged entry is rebuilt, and cached batches equal uncached ones."""
 import concurrent.futures
@@ -10,9 +10,10 @@ import pytest
 from PIL import Image
 
 from isic import synthetic
-from isic.datasets import ISICSegmentationDataset
-from mrcnn import data, image_cache
-from mrcnn.config import Config
+from isic.data.datasets import ISICSegmentationDataset
+from mrcnn.data import feed as data
+from mrcnn.data import image_cache, resize
+from tests.helpers import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +56,8 @@ def load(folder):
 
 
 def config(**overrides):
-    values = dict(NAME="cache", NUM_CLASSES=2, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, IMAGES_PER_GPU=2,
-                  RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), RPN_TRAIN_ANCHORS_PER_IMAGE=32, MAX_GT_INSTANCES=4,
-                  MINI_MASK_SHAPE=(14, 14))
-    values.update(overrides)
-    return Config(**values)
+    """The tests' tiny network (tests.helpers.tiny_config)."""
+    return tiny_config(**{"NAME": "cache", **overrides})
 
 
 def gt(dataset, cfg, image_id):
@@ -110,12 +108,13 @@ def test_cached_equals_uncached_and_shrinks_by_area(source_folder, cache):
     assert not list(cache.glob(".tmp-*"))
 
 
-def test_area_shrink_averages_instead_of_aliasing():
+def test_training_resize_averages_instead_of_aliasing():
     checker = ((np.indices((96, 96)).sum(axis=0) % 2) * 255).astype(np.uint8)
     image = np.repeat(checker[..., None], 3, axis=-1)
     mask = np.zeros((96, 96, 1), bool)
     mask[:48, :, 0] = True  # top half
-    small, small_mask = data.area_shrink(image, mask, 1 / 3)
+    small, _, _, padding, _ = resize.resize_image(image, max_dim=32, mode="square", method="area")
+    small_mask = resize.resize_mask(mask, 1 / 3, padding)
     assert small.shape == (32, 32, 3) and small_mask.shape == (32, 32, 1)
     # Each output pixel averages 3x3 input pixels: 4/9 or 5/9 of 255, never 0 or 255.
     assert set(np.unique(small)) <= {113, 142}
@@ -161,7 +160,7 @@ def test_truncated_or_garbled_entry_is_rebuilt(source_folder, cache, caplog):
     (entry,) = cache.glob("*.npz")
     raw = entry.read_bytes()
     entry.write_bytes(raw[:len(raw) // 2])
-    with caplog.at_level(logging.WARNING, logger="mrcnn.image_cache"):
+    with caplog.at_level(logging.WARNING, logger="mrcnn.data.image_cache"):
         rebuilt = gt(dataset, cfg, 2)
     assert dataset.decodes == 2
     assert_same(rebuilt, reference)

@@ -1,5 +1,5 @@
-"""Reading input files: images of unusual depth, mode and size (isic/images.py), CSVs with a
-byte-order mark, another encoding or invisible header characters (isic/csvfiles.py), and the
+"""Reading input files: images of unusual depth, mode and size (isic/data/images.py), CSVs with a
+byte-order mark, another encoding or invisible header characters (isic/data/csvfiles.py), and the
 dataset warnings for ground truth that would be quietly misused."""
 import logging
 import pathlib
@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from isic import datasets, layout
+from isic import layout
+from isic.data import datasets
 from isic.synthetic import generate_dataset
 
 
@@ -179,8 +180,8 @@ def test_conflicting_task3_duplicates_are_named(tiny_data, tmp_path, caplog):
 
 
 def test_prediction_and_truth_csvs_for_scoring_accept_a_bom_and_name_a_bad_line(tmp_path):
-    """Issue 13 item 8 / issue 16 Build 4: the scoring readers (isic/submission.py) too."""
-    from isic import submission
+    """Issue 13 item 8 / issue 16 Build 4: the scoring readers (isic/outputs/submission.py) too."""
+    from isic.outputs import submission
     rows = ["image," + ",".join(layout.DIAGNOSES), "ISIC_0000001," + ",".join(["1.0"] + ["0.0"] * 6),
             "ISIC_0000002," + ",".join(["0.0", "1.0"] + ["0.0"] * 5)]
     path = tmp_path / "pred.csv"

@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.config import Config
-from mrcnn.detection import DetectionLayer
-from mrcnn.layers import (BatchNorm, Float32Layer, TimeDistributed, apply_box_deltas_graph, batch_slice,
-                          clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph, trim_zeros_graph)
-from mrcnn.molding import (compose_image_meta, compute_backbone_shapes, mold_image, mold_inputs,
-                           parse_image_meta, parse_image_meta_graph, unmold_detections, unmold_image)
-from mrcnn.proposal import ProposalLayer
-from mrcnn.roi_align import PyramidROIAlign, roi_level_graph
+from mrcnn.modeling.detection import DetectionLayer
+from mrcnn.modeling.layers import (BatchNorm, Float32Layer, TimeDistributed, apply_box_deltas_graph, batch_slice,
+                                   clip_boxes_graph, denorm_boxes_graph, norm_boxes_graph, trim_zeros_graph)
+from mrcnn.data.molding import (compose_image_meta, compute_backbone_shapes, mold_image, mold_inputs,
+                                parse_image_meta, parse_image_meta_graph, unmold_detections, unmold_image)
+from mrcnn.modeling.proposal import ProposalLayer
+from mrcnn.modeling.roi_align import PyramidROIAlign, roi_level_graph
+from tests.helpers import tiny_config
 
 STD = np.array([0.1, 0.1, 0.2, 0.2])
 
@@ -236,10 +236,8 @@ def test_time_distributed_folds_rois_and_names_weights_after_the_wrapper():
 # --- Molding -----------------------------------------------------------------------------
 
 def small_config(**overrides):
-    values = dict(NAME="t", NUM_CLASSES=3, IMAGES_PER_GPU=1, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=128,
-                  BACKBONE="resnet18")
-    values.update(overrides)
-    return Config(**values)
+    """The tests' tiny network with 3 classes, one image, molded to 128 x 128."""
+    return tiny_config(**{"NAME": "t", "NUM_CLASSES": 3, "IMAGES_PER_GPU": 1, "IMAGE_MAX_DIM": 128, **overrides})
 
 
 def test_image_meta_round_trip():

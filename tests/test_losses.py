@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 
 from mrcnn.config import Config
-from mrcnn.losses import (l2_weight_decay, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,
-                          mrcnn_mask_loss_graph, rpn_bbox_loss_graph, rpn_class_loss_graph)
+from mrcnn.modeling.losses import (l2_weight_decay, mrcnn_bbox_loss_graph, mrcnn_class_loss_graph,
+                                   mrcnn_mask_loss_graph, rpn_bbox_loss_graph, rpn_class_loss_graph)
 
 RNG = np.random.default_rng(0)
 

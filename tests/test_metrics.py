@@ -1,6 +1,6 @@
-"""isic.metrics against the official scorer (isic-challenge-scoring 5.6.0, the test oracle).
+"""isic.evaluation.metrics against the official scorer (isic-challenge-scoring 5.6.0, the test oracle).
 
-Predictions are written through isic.submission into tmp folders, then scored by both.
+Predictions are written through isic.outputs.submission into tmp folders, then scored by both.
 mAP cases and the helpers are hand-computed: they run whether or not the scorer is installed;
 only the comparisons with it (the `official_scorer` fixture) skip without it.
 """
@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isic import layout, metrics, submission
+from isic import layout
+from isic.evaluation import metrics
+from isic.outputs import submission
 
 try:  # the oracle: only the comparisons with it need it (requirements-dev.txt installs it)
     from isic_challenge_scoring import ClassificationMetric, ClassificationScore, SegmentationScore

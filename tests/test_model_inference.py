@@ -13,10 +13,12 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mrcnn import utils, weights_io
+from mrcnn import utils
+from mrcnn.io import weights_h5 as weights_io
 from mrcnn.config import Config
 from mrcnn.model import INFERENCE_OUTPUTS, MaskRCNN
-from mrcnn.roi_align import PyramidROIAlign
+from mrcnn.modeling.roi_align import PyramidROIAlign
+from tests.helpers import mask_iou, tiny_config
 
 DATA = pathlib.Path(__file__).parent / "data"
 ISIC_0000000 = "ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg"
@@ -25,19 +27,16 @@ WEIGHTLESS = {"InputLayer", "Activation", "Add", "ZeroPadding2D", "MaxPooling2D"
               "Concatenate", "ProposalLayer", "PyramidROIAlign", "DetectionLayer", "PoolSqueeze", "DetectionBoxes"}
 
 
-def light_config(**overrides):
-    """resnet18 at 256 with smaller head budgets: fast on 2 CPU cores."""
-    values = dict(NAME="light", NUM_CLASSES=4, BACKBONE="resnet18", GPU_COUNT=1, IMAGES_PER_GPU=2,
-                  IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=256, PRE_NMS_LIMIT=1000, POST_NMS_ROIS_INFERENCE=200,
-                  DETECTION_MIN_CONFIDENCE=0.0, DETECTION_MAX_INSTANCES=20, FPN_CLASSIF_FC_LAYERS_SIZE=256)
-    values.update(overrides)
-    return Config(**values)
+# The tests' tiny network at 256 px with 4 classes and larger proposal and detection budgets:
+# fast on 2 CPU cores.
+LIGHT = dict(NAME="light", NUM_CLASSES=4, IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=256, PRE_NMS_LIMIT=1000,
+             POST_NMS_ROIS_INFERENCE=200, DETECTION_MAX_INSTANCES=20, FPN_CLASSIF_FC_LAYERS_SIZE=256)
 
 
 @pytest.fixture(scope="module")
 def light_model(tmp_path_factory):
     keras.utils.set_random_seed(0)
-    return MaskRCNN("inference", light_config(), str(tmp_path_factory.mktemp("logs")))
+    return MaskRCNN("inference", tiny_config(**LIGHT), str(tmp_path_factory.mktemp("logs")))
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +115,7 @@ def test_weighted_layers_equal_matterport_layout(backbone, tmp_path):
 def test_rpn_and_mask_head_widths_follow_the_config(tmp_path):
     """RPN_CONV_CHANNELS and MASK_HEAD_CHANNELS set the kernels Matterport fixes at 512 and 256
     (the layout test above holds the defaults to the COCO file), under the same layer names."""
-    config = light_config(IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, IMAGES_PER_GPU=1, RPN_CONV_CHANNELS=48,
-                          MASK_HEAD_CHANNELS=24, TOP_DOWN_PYRAMID_SIZE=32)
+    config = tiny_config(IMAGES_PER_GPU=1, RPN_CONV_CHANNELS=48, MASK_HEAD_CHANNELS=24, TOP_DOWN_PYRAMID_SIZE=32)
     model = MaskRCNN("inference", config, str(tmp_path))
     shapes = {w["name"]: tuple(w["shape"]) for entry in weights_io.model_weight_layout(model.keras_model)
               for w in entry["weights"]}
@@ -187,8 +185,9 @@ def test_anchors_are_cached_normalised_and_in_rpn_order(light_model):
     # levels P2..P6 at strides 4..64, 3 ratios per cell
     assert anchors.shape == (3 * sum((256 // s) ** 2 for s in (4, 8, 16, 32, 64)), 4)
     assert anchors.dtype == np.float32
-    # first anchor: P2 cell (0, 0), scale 32, ratio 0.5 -> centred at pixel 0
-    h, w = 32 / np.sqrt(0.5), 32 * np.sqrt(0.5)
+    # first anchor: P2 cell (0, 0), the first RPN_ANCHOR_SCALES side, ratio 0.5 -> centred at pixel 0
+    side = light_model.config.RPN_ANCHOR_SCALES[0]
+    h, w = side / np.sqrt(0.5), side * np.sqrt(0.5)
     np.testing.assert_allclose(anchors[0], [-h / 2 / 255, -w / 2 / 255, (h / 2 - 1) / 255, (w / 2 - 1) / 255],
                                atol=1e-5)
 
@@ -196,7 +195,7 @@ def test_anchors_are_cached_normalised_and_in_rpn_order(light_model):
 # --- Logs, checkpoints, weights --------------------------------------------------------------
 
 def test_set_log_dir_and_find_last(tmp_path):
-    config = light_config(NAME="lesion")
+    config = tiny_config(NAME="lesion")
     model = MaskRCNN.__new__(MaskRCNN)  # the log-dir logic needs no graph
     model.config, model.model_dir = config, str(tmp_path)
     model.set_log_dir()
@@ -280,11 +279,6 @@ def unrounded_pixel_boxes(detections, window, molded_shape, original_shape):
     boxes = (detections[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array([wy2 - wy1, wx2 - wx1] * 2)
     oh, ow = original_shape[:2]
     return boxes * np.array([oh - 1, ow - 1, oh - 1, ow - 1]) + [0, 0, 1, 1]
-
-
-def mask_iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return np.logical_and(a, b).sum() / union if union else 1.0
 
 
 # Measured between execution paths of this same code (eager vs tf.function, oneDNN on/off,

@@ -1,8 +1,8 @@
-"""isic.refinement: Task 1 test-time flips and full-resolution mask refinement."""
+"""isic.outputs.refinement: Task 1 test-time flips and full-resolution mask refinement."""
 import numpy as np
 import pytest
 
-from isic import refinement
+from isic.outputs import refinement
 from mrcnn.config import ConfigError
 
 

@@ -4,43 +4,27 @@ reported, small schedule/crop/batch rules, and no run folder is left by a failed
 import hashlib
 import json
 import logging
-import os
 import pathlib
-import random
-import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 import lesions
-from isic import runs
-from isic.datasets import ISICSegmentationDataset, split_ids
+from isic.modes import runs
+from isic.data.datasets import ISICSegmentationDataset, split_ids
 from isic.errors import UserError
 from isic.synthetic import generate_dataset
+from tests.helpers import run_cli, set_args, tiny_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TINY_SETTINGS = ["BACKBONE=resnet18", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "IMAGES_PER_GPU=1",
-                 "RPN_ANCHOR_SCALES=[8,16,32,64,128]", "RPN_TRAIN_ANCHORS_PER_IMAGE=32", "PRE_NMS_LIMIT=500",
-                 "POST_NMS_ROIS_TRAINING=100", "POST_NMS_ROIS_INFERENCE=50", "TRAIN_ROIS_PER_IMAGE=16",
-                 "MAX_GT_INSTANCES=4", "MINI_MASK_SHAPE=[14,14]", "FPN_CLASSIF_FC_LAYERS_SIZE=64",
-                 "TOP_DOWN_PYRAMID_SIZE=64", "RPN_CONV_CHANNELS=64", "MASK_HEAD_CHANNELS=32", "VALIDATION_STEPS=1",
-                 "AUGMENTATION=none",
-                 "DETECTION_MAX_INSTANCES=5"]
-
-
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CUDA_VISIBLE_DEVICES="")
-    return subprocess.run([sys.executable, str(ROOT / "lesions.py"), *map(str, args)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+# The tests' tiny network, one image per step, at most 5 detections, no augmentation.
+TINY_SETTINGS = tiny_settings(IMAGES_PER_GPU=1, VALIDATION_STEPS=1, AUGMENTATION="none", DETECTION_MAX_INSTANCES=5)
 
 
 def train_args(data, logs, *extra, epochs=1):
     args = ["--mode", "train", "--dataset", data, "--logs", logs, "--epochs", epochs, "--steps-per-epoch", 2,
             "--layers", "all"]
-    for setting in TINY_SETTINGS:
-        args += ["--set", setting]
-    return args + list(extra)
+    return args + set_args(TINY_SETTINGS) + list(extra)
 
 
 def one_line_error(result, *fragments):
@@ -68,7 +52,7 @@ def data(tmp_path_factory):
 def first_run(data, tmp_path_factory):
     """A one-epoch Task 1 run trained with --seed 7."""
     logs = tmp_path_factory.mktemp("logs")
-    result = cli(*train_args(data, logs, "--weights", "none", "--seed", 7))
+    result = run_cli(*train_args(data, logs, "--weights", "none", "--seed", 7))
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = [p for p in logs.iterdir() if p.is_dir()]
     return logs, run_dir
@@ -97,7 +81,7 @@ def test_investigate_with_another_seed_scores_the_runs_own_validation_images(dat
     _, run_dir = first_run
     checkpoint = run_dir / "mask_rcnn_segmentation_0001.h5"
     out = tmp_path / "inv"
-    result = cli("--mode", "investigate", "--dataset", data, "--weights", checkpoint, "--seed", 9,
+    result = run_cli("--mode", "investigate", "--dataset", data, "--weights", checkpoint, "--seed", 9,
                  "--output", out)
     assert result.returncode == 0, result.stderr[-3000:]
     scored = sorted(json.loads((out / "metrics.json").read_text())["isic"]["per_image"])
@@ -107,7 +91,7 @@ def test_investigate_with_another_seed_scores_the_runs_own_validation_images(dat
 def test_another_split_seed_on_a_trained_run_is_one_line(data, first_run, tmp_path):
     _, run_dir = first_run
     checkpoint = run_dir / "mask_rcnn_segmentation_0001.h5"
-    result = cli("--mode", "investigate", "--dataset", data, "--weights", checkpoint, "--split-seed", 3,
+    result = run_cli("--mode", "investigate", "--dataset", data, "--weights", checkpoint, "--split-seed", 3,
                  "--output", tmp_path / "inv")
     one_line_error(result, "--split-seed 3", "42", "--subset all")
     assert not (tmp_path / "inv").exists()
@@ -136,7 +120,7 @@ def test_val_images_outside_the_runs_split_are_refused(data, first_run, tmp_path
 def test_checkpoint_of_another_task_is_refused_naming_both(data, first_run, tmp_path):
     _, run_dir = first_run
     checkpoint = run_dir / "mask_rcnn_segmentation_0001.h5"
-    result = cli("--mode", "investigate", "--task", "attributes", "--dataset", data, "--weights", checkpoint,
+    result = run_cli("--mode", "investigate", "--task", "attributes", "--dataset", data, "--weights", checkpoint,
                  "--output", tmp_path / "inv")
     one_line_error(result, "segmentation", "attributes")
     assert not (tmp_path / "inv").exists()
@@ -166,7 +150,7 @@ def test_run_config_for_compares_name_and_class_count(tmp_path):
 def test_second_run_gets_its_own_folder_and_validates_on_the_same_images(data, first_run):
     logs, run_dir = first_run
     before = {p.name: digest(p) for p in run_dir.iterdir() if p.is_file()}
-    result = cli(*train_args(data, logs, "--weights", "none", "--seed", 8))
+    result = run_cli(*train_args(data, logs, "--weights", "none", "--seed", 8))
     assert result.returncode == 0, result.stderr[-3000:]
     folders = sorted(p for p in logs.iterdir() if p.is_dir())
     assert len(folders) == 2 and run_dir in folders
@@ -178,7 +162,7 @@ def test_second_run_gets_its_own_folder_and_validates_on_the_same_images(data, f
 
 def test_claimed_run_folders_are_distinct_within_one_second(tmp_path):
     import datetime
-    from mrcnn import run_dirs
+    from mrcnn.io import run_dirs
     now = datetime.datetime(2026, 12, 1, 17, 5, 9)
     paths = [run_dirs.claim_run_dir(tmp_path, "segmentation", now) for _ in range(3)]
     assert [p.name for p in paths] == ["segmentation20261201T170509", "segmentation20261201T170509_2",
@@ -187,7 +171,7 @@ def test_claimed_run_folders_are_distinct_within_one_second(tmp_path):
 
 
 def test_one_finder_for_the_last_checkpoint(tmp_path):
-    from mrcnn import run_dirs
+    from mrcnn.io import run_dirs
     from mrcnn.config import Config
     from mrcnn.model import MaskRCNN
     for folder, epochs in (("seg20261201T1704", 3), ("seg20261201T170509", 1), ("seg20261201T170509_2", 2),
@@ -202,7 +186,7 @@ def test_one_finder_for_the_last_checkpoint(tmp_path):
     model = MaskRCNN.__new__(MaskRCNN)
     model.config, model.model_dir = Config(NAME="seg"), str(tmp_path)
     assert pathlib.Path(model.find_last()) == want
-    assert runs.find_last_checkpoint.__module__ == "isic.runs"
+    assert runs.find_last_checkpoint.__module__ == "isic.modes.runs"
     with pytest.raises(FileNotFoundError):
         run_dirs.find_last(tmp_path / "nothing", "seg")
 
@@ -215,7 +199,7 @@ def test_resume_continues_the_run_and_appends(data, first_run):
     config_bytes = (run_dir / "config.json").read_bytes()
     split_bytes = (run_dir / "split.json").read_bytes()
     history = (run_dir / "history.csv").read_text()
-    result = cli(*train_args(data, logs, "--weights", run_dir / "mask_rcnn_segmentation_0001.h5", "--seed", 7,
+    result = run_cli(*train_args(data, logs, "--weights", run_dir / "mask_rcnn_segmentation_0001.h5", "--seed", 7,
                              "--set", "VALIDATION_STEPS=2", epochs=2))
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in logs.iterdir()) == folders
@@ -232,7 +216,7 @@ def test_training_that_fails_before_its_first_step_leaves_no_run_folder(data, tm
     logs = tmp_path / "logs"
     args = train_args(data, logs, "--weights", "none")
     args[args.index("--layers") + 1] = "no_layer_is_called_this"
-    one_line_error(cli(*args), "no_layer_is_called_this")
+    one_line_error(run_cli(*args), "no_layer_is_called_this")
     assert not logs.exists() or not any(logs.iterdir())
 
 
@@ -241,8 +225,8 @@ def test_training_that_fails_before_its_first_step_leaves_no_run_folder(data, tm
 @pytest.fixture(scope="module")
 def imagenet_like(tmp_path_factory):
     """A file with the ResNet-50 backbone's layer names and shapes (as the ImageNet file has)."""
-    from mrcnn import weights_io
-    from mrcnn.backbone import backbone_model
+    from mrcnn.io import weights_h5 as weights_io
+    from mrcnn.modeling.backbone import backbone_model
     from mrcnn.config import Config
     path = tmp_path_factory.mktemp("imagenet") / "resnet50_notop.h5"
     weights_io.save_weights_h5(backbone_model(Config(BACKBONE="resnet50"), image_shape=(64, 64, 3)), path)
@@ -253,7 +237,7 @@ class BackboneOnly:
     """The part of MaskRCNN that load_start_weights uses, over a bare backbone."""
 
     def __init__(self, backbone, imagenet_path):
-        from mrcnn.backbone import backbone_model
+        from mrcnn.modeling.backbone import backbone_model
         from mrcnn.config import Config
         self.keras_model = backbone_model(Config(BACKBONE=backbone), image_shape=(64, 64, 3))
         self.path = imagenet_path
@@ -262,12 +246,12 @@ class BackboneOnly:
         return str(self.path)
 
     def load_weights(self, filepath, by_name=True, exclude=None):
-        from mrcnn import weights_io
+        from mrcnn.io import weights_h5 as weights_io
         return weights_io.load_weights_h5(self.keras_model, filepath, by_name=by_name, exclude=exclude)
 
 
 def test_imagenet_partial_load_is_a_warning_with_counts(imagenet_like, caplog):
-    from isic import training
+    from isic.modes import train as training
     model = BackboneOnly("resnet101", imagenet_like)
     with caplog.at_level(logging.WARNING):
         training.load_start_weights(model, "imagenet", type("C", (), {"BACKBONE": "resnet101"})())
@@ -279,7 +263,7 @@ def test_imagenet_partial_load_is_a_warning_with_counts(imagenet_like, caplog):
 
 
 def test_imagenet_load_that_loads_nothing_is_refused(imagenet_like):
-    from isic import training
+    from isic.modes import train as training
     model = BackboneOnly("resnet18", imagenet_like)
     with pytest.raises(UserError, match="imagenet.*resnet18|resnet18.*imagenet"):
         training.load_start_weights(model, "imagenet", type("C", (), {"BACKBONE": "resnet18"})())

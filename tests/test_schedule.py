@@ -5,8 +5,8 @@ import re
 import pytest
 
 import lesions
-from isic.training import schedule_for
-from mrcnn import layer_sets
+from isic.modes.train import schedule_for
+from mrcnn.engine import layer_sets
 from mrcnn.config import ConfigError
 
 
@@ -40,11 +40,11 @@ def two_stages():
 def test_epochs_inside_the_first_stage_keeps_that_stage(two_stages, caplog):
     """Issue 13 item 8: --epochs 5 trains the heads to epoch 5 (it used to drop them and train
     all layers at the second stage's rate), and says that the later stage is skipped."""
-    with caplog.at_level(logging.INFO, logger="isic.training"):
+    with caplog.at_level(logging.INFO, logger="isic.modes.train"):
         assert schedule_for(two_stages, epochs=5) == [("heads", 5, 0.001)]
     assert "skips the later stage(s): all to epoch 30" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="isic.training"):
+    with caplog.at_level(logging.INFO, logger="isic.modes.train"):
         assert schedule_for(two_stages, epochs=10) == [("heads", 10, 0.001)]
     assert "skips the later stage(s)" in caplog.text
 

@@ -13,6 +13,7 @@ import pytest
 
 from mrcnn.config import Config, ConfigError
 from mrcnn.model import MaskRCNN
+from tests.helpers import mask_iou, tiny_config
 
 SIZE = 128
 MAX_INSTANCES = 12
@@ -20,14 +21,9 @@ SCORE_ATOL = 1e-6
 MASK_ATOL = 1e-5
 
 
-def small_config(**overrides):
-    values = dict(NAME="speedpaths", NUM_CLASSES=3, BACKBONE="resnet18", GPU_COUNT=1, IMAGES_PER_GPU=2,
-                  IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, PRE_NMS_LIMIT=500, POST_NMS_ROIS_INFERENCE=100,
-                  RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128), TOP_DOWN_PYRAMID_SIZE=64, FPN_CLASSIF_FC_LAYERS_SIZE=128,
-                  RPN_CONV_CHANNELS=64, MASK_HEAD_CHANNELS=32,
-                  DETECTION_MIN_CONFIDENCE=0.0, DETECTION_MAX_INSTANCES=MAX_INSTANCES)
-    values.update(overrides)
-    return Config(**values)
+# The tests' tiny network at SIZE px with 3 classes and MAX_INSTANCES detections.
+SETTINGS = dict(NAME="speedpaths", NUM_CLASSES=3, IMAGE_MIN_DIM=SIZE, IMAGE_MAX_DIM=SIZE, POST_NMS_ROIS_INFERENCE=100,
+                FPN_CLASSIF_FC_LAYERS_SIZE=128, DETECTION_MAX_INSTANCES=MAX_INSTANCES)
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +31,8 @@ def models(tmp_path_factory):
     """(fast, plain): the same seeded weights, DETECT_MASKS_ON_SURVIVORS True / False."""
     logs = str(tmp_path_factory.mktemp("logs"))
     keras.utils.set_random_seed(11)
-    fast = MaskRCNN("inference", small_config(), logs)
-    plain = MaskRCNN("inference", small_config(DETECT_MASKS_ON_SURVIVORS=False), logs)
+    fast = MaskRCNN("inference", tiny_config(**SETTINGS), logs)
+    plain = MaskRCNN("inference", tiny_config(**SETTINGS, DETECT_MASKS_ON_SURVIVORS=False), logs)
     # Random weights saturate the softmax (every score 1.0); smaller logits spread the scores
     # so that a threshold can leave images with different detection counts.
     logits = fast.keras_model.get_layer("mrcnn_class_logits")
@@ -52,11 +48,6 @@ def images():
     return [rng.integers(0, 256, size=(SIZE, SIZE, 3)).astype(np.uint8),
             rng.integers(0, 256, size=(96, 160, 3)).astype(np.uint8),
             np.full((SIZE, SIZE, 3), 120, np.uint8)]
-
-
-def mask_iou(a, b):
-    union = np.logical_or(a, b).sum()
-    return np.logical_and(a, b).sum() / union if union else 1.0
 
 
 def assert_same_results(got, want):

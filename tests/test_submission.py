@@ -1,4 +1,4 @@
-"""isic.submission: official file names and formats, atomic writes, readers' checks."""
+"""isic.outputs.submission: official file names and formats, atomic writes, readers' checks."""
 import io
 
 import numpy as np
@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from isic import layout, submission
+from isic import layout
+from isic.outputs import submission
 
 
 def read_png(path):
@@ -154,7 +155,7 @@ def test_read_mask_rules(tmp_path):
     with pytest.raises(submission.SubmissionError, match="not single-channel"):
         submission.read_mask(tmp_path / "rgb.png")
     (tmp_path / "junk.png").write_bytes(b"not an image")
-    with pytest.raises(submission.SubmissionError, match="could not be decoded"):
+    with pytest.raises(submission.SubmissionError, match="junk.png is not an image file"):
         submission.read_mask(tmp_path / "junk.png")
     with pytest.raises(submission.SubmissionError, match="does not exist"):
         submission.read_mask(tmp_path / "missing.png")

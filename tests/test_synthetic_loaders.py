@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from isic import layout
-from isic.datasets import dataset_for_task
+from isic.data.datasets import dataset_for_task
 from isic.synthetic import generate_dataset
 
 

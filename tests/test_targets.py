@@ -7,8 +7,8 @@ import pytest
 import tensorflow as tf
 
 from mrcnn import utils
-from mrcnn.config import Config
-from mrcnn.targets import DetectionTargetLayer, build_rpn_targets
+from mrcnn.modeling.targets import DetectionTargetLayer, build_rpn_targets
+from tests.helpers import tiny_config
 
 
 def deltas_by_definition(boxes, targets):
@@ -21,12 +21,12 @@ def deltas_by_definition(boxes, targets):
 
 
 def make_config(**overrides):
-    values = dict(NAME="targets", NUM_CLASSES=3, IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, BACKBONE="resnet18",
-                  IMAGES_PER_GPU=2, RPN_TRAIN_ANCHORS_PER_IMAGE=8, TRAIN_ROIS_PER_IMAGE=8,
+    """The tests' tiny network with 3 classes, small target budgets and full-size 8 x 8 masks."""
+    values = dict(NAME="targets", NUM_CLASSES=3, RPN_TRAIN_ANCHORS_PER_IMAGE=8, TRAIN_ROIS_PER_IMAGE=8,
                   ROI_POSITIVE_RATIO=0.25, MAX_GT_INSTANCES=3, MASK_SHAPE=[8, 8], USE_MINI_MASK=False)
     values.update(overrides)
     values["MASK_POOL_SIZE"] = values["MASK_SHAPE"][0] // 2  # the mask head's 2x upsampling
-    return Config(**values)
+    return tiny_config(**values)
 
 
 # Two GT boxes A and B, and anchors whose IoUs were worked out by hand:

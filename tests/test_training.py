@@ -17,9 +17,11 @@ import keras
 import numpy as np
 import pytest
 
-from mrcnn import training, utils
+from mrcnn import utils
+from mrcnn.engine import trainer as training
 from mrcnn.config import LOSS_NAMES, Config
 from mrcnn.model import MaskRCNN
+from tests.helpers import set_args, tiny_config, tiny_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOGGED = ("loss",) + LOSS_NAMES
@@ -61,20 +63,6 @@ class BlobDataset(utils.Dataset):
         for k in range(masks.shape[-1]):
             image[masks[..., k]] = (60 + 150 * class_ids[k] / self.num_classes, 90, 200 - 20 * class_ids[k])
         return image
-
-
-def tiny_config(**overrides):
-    """resnet18 at 64 px with small heads and ROI budgets (a step well under a second)."""
-    values = dict(NAME="tiny", NUM_CLASSES=2, BACKBONE="resnet18", GPU_COUNT=1, IMAGES_PER_GPU=2,
-                  IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64, RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128),
-                  RPN_TRAIN_ANCHORS_PER_IMAGE=32, PRE_NMS_LIMIT=500, POST_NMS_ROIS_TRAINING=100,
-                  POST_NMS_ROIS_INFERENCE=50, TRAIN_ROIS_PER_IMAGE=16, MAX_GT_INSTANCES=4,
-                  MINI_MASK_SHAPE=(14, 14), FPN_CLASSIF_FC_LAYERS_SIZE=64, TOP_DOWN_PYRAMID_SIZE=64,
-                  RPN_CONV_CHANNELS=64, MASK_HEAD_CHANNELS=32,
-                  DETECTION_MAX_INSTANCES=10, DETECTION_MIN_CONFIDENCE=0.0,
-                  STEPS_PER_EPOCH=3, VALIDATION_STEPS=1)
-    values.update(overrides)
-    return Config(**values)
 
 
 def file_hash(path):
@@ -304,19 +292,14 @@ def synthetic_folder(tmp_path_factory):
     return root
 
 
-CLI_SETTINGS = ["BACKBONE=resnet18", "IMAGE_MIN_DIM=64", "IMAGE_MAX_DIM=64", "IMAGES_PER_GPU=1",
-                "RPN_ANCHOR_SCALES=[8,16,32,64,128]", "RPN_TRAIN_ANCHORS_PER_IMAGE=32", "PRE_NMS_LIMIT=500",
-                "POST_NMS_ROIS_TRAINING=100", "TRAIN_ROIS_PER_IMAGE=16", "MAX_GT_INSTANCES=4",
-                "MINI_MASK_SHAPE=[14,14]", "FPN_CLASSIF_FC_LAYERS_SIZE=64", "TOP_DOWN_PYRAMID_SIZE=64",
-                "RPN_CONV_CHANNELS=64", "MASK_HEAD_CHANNELS=32", "VALIDATION_STEPS=1", "AUGMENTATION=none"]
+# The tiny network through the command line, one image per step, no augmentation.
+CLI_SETTINGS = tiny_settings(IMAGES_PER_GPU=1, VALIDATION_STEPS=1, AUGMENTATION="none")
 
 
 def cli_train(dataset, logs, *extra, epochs=3):
     args = [sys.executable, str(ROOT / "lesions.py"), "--mode", "train", "--dataset", str(dataset),
             "--logs", str(logs), "--epochs", str(epochs), "--steps-per-epoch", "20", "--layers", "all"]
-    for setting in CLI_SETTINGS:
-        args += ["--set", setting]
-    return args + list(extra)
+    return args + set_args(CLI_SETTINGS) + list(extra)
 
 
 def free_ports(count):

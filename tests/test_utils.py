@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mrcnn import utils
+from tests.helpers import mask_iou
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,10 +20,6 @@ def rect_mask(shape, y1, x1, y2, x2):
     m = np.zeros(shape, dtype=bool)
     m[y1:y2, x1:x2] = True
     return m
-
-
-def mask_iou(a, b):
-    return np.logical_and(a, b).sum() / np.logical_or(a, b).sum()
 
 
 # ---------------------------------------------------------------- boxes and IoU
@@ -370,23 +367,3 @@ def test_compute_ap_ranks_every_prediction_even_without_gt():
     assert ap == 0
     np.testing.assert_allclose(recalls, [0, 0, 1])
     np.testing.assert_allclose(precisions, [0, 0, 0])
-
-
-def test_resize_masks_cv2_averages_areas_when_shrinking():
-    # A 2x2 checkerboard of 2-pixel cells, halved: each output pixel covers one whole cell.
-    cells = np.kron(np.array([[1, 0], [0, 1]], bool), np.ones((2, 2), bool))
-    small = utils.resize_masks_cv2(cells[..., None], 2, 2)
-    np.testing.assert_array_equal(small[..., 0], [[True, False], [False, True]])
-    # One full row of an 8x8 mask shrunk to 2x2 covers a quarter of each top pixel: gone;
-    # of a 4x4 mask, half of each top pixel: kept (inside means >= 0.5).
-    line = np.zeros((8, 8, 1), bool)
-    line[0] = True
-    assert not utils.resize_masks_cv2(line, 2, 2).any()
-    np.testing.assert_array_equal(utils.resize_masks_cv2(line[:4, :4], 2, 2)[..., 0], [[True, True], [False, False]])
-    # Enlarging keeps a block where it was, and 600 instances pass OpenCV's channel limit.
-    many = np.zeros((4, 4, 600), bool)
-    many[:2, :2] = True
-    big = utils.resize_masks_cv2(many, 8, 8)
-    assert big.shape == (8, 8, 600) and big.dtype == bool
-    np.testing.assert_array_equal(big[..., 599], np.kron(many[..., 0], np.ones((2, 2), bool)))
-    assert utils.resize_masks_cv2(np.zeros((4, 4, 0), bool), 2, 2).shape == (2, 2, 0)

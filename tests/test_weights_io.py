@@ -16,9 +16,9 @@ import pytest
 from keras import layers as KL
 from keras import ops
 
-from mrcnn import weights_io
-from mrcnn.weights_io import (WeightsFormatError, WeightsMismatchError, layer_names,
-                              load_weights_h5, model_weight_layout, save_weights_h5)
+from mrcnn.io import weights_h5 as weights_io
+from mrcnn.io.weights_h5 import (WeightsFormatError, WeightsMismatchError, layer_names,
+                                 load_weights_h5, model_weight_layout, save_weights_h5)
 
 HEADS = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask"]
 NUM_ROIS = 2

@@ -1,0 +1,298 @@
+"""Investigate mode: score a trained model on a dataset split the way the ISIC challenge
+scores it, and leave what a researcher wants to look at.
+
+Writes to the output folder:
+  predictions/   the task's ISIC submission files for every scored image (those of an
+                 earlier run are removed first)
+  metrics.json   official ISIC scores (overall and per image/attribute/class), mask mAP,
+                 dataset statistics, the scored image ids and what masks each number
+                 was computed from (mask_sources)
+  figures/       ground truth vs prediction for the first images, per-image Jaccard
+                 histogram, precision-recall curve, confusion matrix (Task 3)
+  report.md      the headline numbers and the figures
+"""
+import logging
+import pathlib
+
+import numpy as np
+from tqdm import tqdm
+
+from isic import layout
+from isic.evaluation import metrics
+from isic.outputs import deliverables
+from isic.outputs import refinement
+from isic.modes import runs
+from mrcnn import utils, visualize
+from mrcnn.evaluation.ap import average_precision
+from mrcnn.io import atomic
+
+log = logging.getLogger(__name__)
+
+FIGURE_IMAGES = 8  # ground truth vs prediction figures for the first N images
+
+
+def pooled_precision_recall(scores, matched, num_gt):
+    """Precision-recall over all detections of a split, pooled and sorted by score
+    (detections matched to the ground truth by mask IoU), and its AP (mrcnn.evaluation.ap)."""
+    order = np.argsort(-np.asarray(scores, np.float64), kind="stable")
+    return average_precision(np.asarray(matched, bool)[order], num_gt)
+
+
+def _gt_deliverable(task, gt_masks, gt_class_ids, info, shape):
+    """The ground truth in the form of the task's deliverable."""
+    if task == "segmentation":
+        return gt_masks.any(axis=-1) if gt_masks.shape[-1] else np.zeros(shape[:2], bool)
+    if task == "attributes":
+        return {name: (gt_masks[..., gt_class_ids == k].any(axis=-1) if (gt_class_ids == k).any()
+                       else np.zeros(shape[:2], bool))
+                for k, name in enumerate(layout.ATTRIBUTES, start=1)}
+    onehot = np.zeros(len(layout.DIAGNOSES))
+    onehot[layout.DIAGNOSES.index(info["diagnosis"])] = 1.0
+    return onehot
+
+
+def dataset_statistics(dataset, instance_counts, areas, empty):
+    """Counts a reader checks first: images, instances per class, empty images, sizes."""
+    heights = [info["height"] for info in dataset.image_info]
+    widths = [info["width"] for info in dataset.image_info]
+    return {
+        "images": int(dataset.num_images),
+        "instances_per_class": {dataset.class_names[k]: int(v) for k, v in sorted(instance_counts.items())},
+        "images_without_instances": int(empty),
+        "image_height_range": [int(min(heights)), int(max(heights))],
+        "image_width_range": [int(min(widths)), int(max(widths))],
+        "median_instance_area_fraction": float(np.median(areas)) if areas else None,
+        "skipped": [list(s) for s in getattr(dataset, "skipped", [])],
+        "missing_masks": len(getattr(dataset, "missing_masks", [])),
+        "mask_fallback": len(getattr(dataset, "mask_fallback_ids", [])),
+    }
+
+
+def is_prediction_file(name):
+    """True for the file names investigate writes into predictions/ (any task)."""
+    if name == deliverables.TASK3_CSV_NAME or name.endswith("_segmentation.png"):
+        return True
+    return any(name.endswith(f"_attribute_{a}.png") for a in layout.ATTRIBUTES)
+
+
+def clear_previous_predictions(pred_dir):
+    """Remove the submission files an earlier investigate left in `pred_dir`, so the folder
+    holds this run's predictions only (a re-run with --limit must not leave old masks that a
+    later scoring of the folder would count). Other files are left alone, with a warning."""
+    pred_dir = pathlib.Path(pred_dir)
+    if not pred_dir.is_dir():
+        return
+    removed, others = 0, []
+    for path in sorted(pred_dir.iterdir()):
+        if path.is_file() and is_prediction_file(path.name):
+            path.unlink()
+            removed += 1
+        else:
+            others.append(path.name)
+    if removed:
+        log.info("Removed %d prediction files of an earlier run from %s", removed, pred_dir)
+    if others:
+        log.warning("%s holds %d files investigate did not write (left alone): %s", pred_dir, len(others),
+                    ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
+
+
+def run(args, config, overrides=()):
+    runs.check_dataset_dir(args.dataset)
+    weights = runs.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
+                                   args.logs)
+    config = runs.run_config_for(weights, config, overrides)
+    split_seed = runs.run_split_seed(weights, config, overrides, args.subset)
+    dataset_dir = runs.resolve_dataset_dir(args.dataset, split_seed)
+    dataset = runs.load_dataset(args.task, dataset_dir, args.subset, split_seed, args.limit)
+    runs.check_run_split(weights, dataset, args.subset)
+    if args.output:
+        out_dir = pathlib.Path(args.output)
+    elif isinstance(weights, pathlib.Path):
+        out_dir = weights.parent / f"investigate_{args.subset}"
+    else:
+        out_dir = pathlib.Path(args.logs) / f"investigate_{args.task}_{args.subset}"
+    model = runs.load_inference_model(config, weights, args.logs)
+    pred_dir, fig_dir = out_dir / "predictions", out_dir / "figures"
+    clear_previous_predictions(pred_dir)
+    pred_dir.mkdir(parents=True, exist_ok=True)
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    report = investigate(model, dataset, args.task, pred_dir, fig_dir)
+    report["weights"] = str(weights)
+    report["dataset"] = str(dataset_dir)
+    report["subset"] = args.subset
+    atomic.write_json(out_dir / "metrics.json", report)
+    write_report(out_dir / "report.md", report, args.task)
+    print(f"{headline(report, args.task)}\nWrote metrics.json, report.md, predictions/ and figures/ to {out_dir}")
+    return 0
+
+
+def mask_sources(task, config):
+    """What each number of metrics.json was computed from (the deliverables may differ from
+    the network's masks by test-time flips and refinement)."""
+    if task == "segmentation":
+        isic = ("the Task 1 deliverables written to predictions/: the top detection's mask with "
+                f"TASK1_TTA_FLIPS={bool(getattr(config, 'TASK1_TTA_FLIPS', False))} and "
+                f"TASK1_MASK_REFINEMENT={getattr(config, 'TASK1_MASK_REFINEMENT', 'none')!r} applied")
+    elif task == "attributes":
+        isic = "the Task 2 deliverables written to predictions/: per attribute, the union of its detections' masks"
+    else:
+        isic = "the Task 3 probabilities written to predictions/: the top detection's class probabilities"
+    network = "the network's instance masks (every detection, before test-time flips and refinement)"
+    return {"isic": isic, "mask_map": network,
+            "pooled_mask_ap50": network + ", matched to the ground truth at mask IoU 0.5"}
+
+
+class StreamingScores:
+    """What the final metrics need, kept as each image passes: per-image Task 1 records,
+    per-(attribute, image) normalised Task 2 confusion sums, Task 3 probability rows, COCO
+    run-length encodings for mask mAP and the pooled score/match lists. No image's masks
+    outlive its own step."""
+
+    def __init__(self, task):
+        self.task = task
+        self.ids = []
+        self.task1_records, self.task2_confusions = {}, {}
+        self.task3_truth, self.task3_pred = [], []
+        self.coco = metrics.CocoMaskAccumulator()
+        self.pooled_scores, self.pooled_matched, self.num_gt = [], [], 0
+        self.instance_counts, self.areas, self.empty = {}, [], 0
+
+    def add(self, isic, info, gt_masks, gt_class_ids, result, truth, deliverable):
+        """Score one image. gt_masks [H, W, N] bool, gt_class_ids [N]; result: detect()'s dict."""
+        self.ids.append(isic)
+        for k in gt_class_ids:
+            self.instance_counts[int(k)] = self.instance_counts.get(int(k), 0) + 1
+        self.areas.extend(float(gt_masks[..., i].mean()) for i in range(gt_masks.shape[-1]))
+        self.empty += gt_masks.shape[-1] == 0
+
+        if self.task == "segmentation":
+            try:
+                self.task1_records[isic] = metrics.segmentation_record(truth, deliverable)
+            except metrics.MetricError as e:
+                raise metrics.MetricError(f"{isic}: {e}") from None
+        elif self.task == "attributes":
+            # Like the official scorer, an attribute without a ground-truth file is not scored.
+            for attribute in layout.ATTRIBUTES:
+                if attribute not in info.get("missing_attributes", ()):
+                    try:
+                        self.task2_confusions[(attribute, str(isic))] = metrics.normalized_confusion(
+                            truth[attribute], deliverable[attribute])
+                    except metrics.MetricError as e:
+                        raise metrics.MetricError(f"{isic}/{attribute}: {e}") from None
+        else:
+            self.task3_truth.append(truth)
+            self.task3_pred.append(deliverable)
+
+        self.coco.add(gt_masks, gt_class_ids, result["masks"], result["class_ids"], result["scores"])
+        if len(result["scores"]):
+            _, pred_match, _ = utils.compute_matches(
+                utils.extract_bboxes(gt_masks), gt_class_ids, gt_masks, result["rois"], result["class_ids"],
+                result["scores"], result["masks"], iou_threshold=0.5)
+            order = np.argsort(-result["scores"], kind="stable")
+            self.pooled_scores.extend(result["scores"][order].tolist())
+            self.pooled_matched.extend((pred_match > -1).tolist())
+        self.num_gt += len(gt_class_ids)
+
+
+def investigate(model, dataset, task, pred_dir, fig_dir):
+    """Detect on every image of `dataset`, write the submission files, score them as they
+    pass (memory does not grow with the number of images beyond a few numbers each)."""
+    class_names = dataset.class_names
+    scores = StreamingScores(task)
+    figures = []
+    for n, image_id in enumerate(tqdm(dataset.image_ids, desc=f"investigate {task}", unit="img")):
+        info = dataset.image_info[image_id]
+        image = dataset.load_image(image_id)
+        gt_masks, gt_class_ids = dataset.load_mask(image_id)
+        result = model.detect([image])[0]
+        isic = info.get("isic_id") or info["id"]
+
+        deliverable = refinement.task_deliverable(task, model, image, result)
+        truth = _gt_deliverable(task, gt_masks, gt_class_ids, info, image.shape)
+        deliverables.write_deliverable(task, pred_dir, isic, deliverable)
+        scores.add(isic, info, gt_masks, gt_class_ids, result, truth, deliverable)
+
+        if n < FIGURE_IMAGES:
+            path = fig_dir / f"{isic}_gt_vs_pred.png"
+            visualize.display_differences(
+                image, utils.extract_bboxes(gt_masks), gt_class_ids, gt_masks, result["rois"],
+                result["class_ids"], result["scores"], result["masks"], class_names,
+                title=f"{isic}: ground truth (green) vs prediction (red)", save_path=path)
+            figures.append(path.name)
+        del image, gt_masks, result, deliverable, truth
+
+    ids = scores.ids
+    report = {"task": task, "num_images": len(ids)}
+    report["dataset_statistics"] = dataset_statistics(dataset, scores.instance_counts, scores.areas, scores.empty)
+    if task == "segmentation":
+        report["isic"] = metrics.summarise_task1(scores.task1_records)
+        jaccards = [r["jaccard"] for r in report["isic"]["per_image"].values()]
+        visualize.plot_histogram(jaccards, bins=20, title="Per-image Jaccard (Task 1)", xlabel="Jaccard",
+                                 save_path=fig_dir / "jaccard_histogram.png")
+        figures.append("jaccard_histogram.png")
+    elif task == "attributes":
+        report["isic"] = metrics.summarise_task2(scores.task2_confusions)
+    else:
+        task3_truth, task3_pred = np.array(scores.task3_truth), np.array(scores.task3_pred)
+        report["isic"] = metrics.score_task3(task3_truth, task3_pred, image_ids=ids)
+        cm = metrics.task3_confusion_matrix(task3_truth, task3_pred)
+        report["confusion_matrix"] = cm
+        visualize.plot_confusion_matrix(np.array(cm["matrix"]), list(layout.DIAGNOSES),
+                                        title="Task 3 confusion matrix (rows: truth)",
+                                        save_path=fig_dir / "confusion_matrix.png")
+        figures.append("confusion_matrix.png")
+        deliverables.write_task3_predictions(pred_dir, ids, scores.task3_pred)
+
+    names = {k: class_names[k] for k in range(1, len(class_names))}
+    report["mask_map"] = scores.coco.result(class_names=names)
+    ap, precisions, recalls = pooled_precision_recall(scores.pooled_scores, scores.pooled_matched, scores.num_gt)
+    report["pooled_mask_ap50"] = ap
+    visualize.plot_precision_recall(ap, precisions, recalls, save_path=fig_dir / "precision_recall.png")
+    figures.append("precision_recall.png")
+    report["figures"] = [f"figures/{f}" for f in figures]
+    report["image_ids"] = list(ids)
+    report["mask_sources"] = mask_sources(task, getattr(model, "config", None))
+    return report
+
+
+def headline(report, task):
+    """One line with the task's official score and mask mAP."""
+    isic = report["isic"]
+    if task == "segmentation":
+        name = "Task 1 thresholded Jaccard"
+    elif task == "attributes":
+        name = "Task 2 Jaccard (micro average)"
+    else:
+        name = "Task 3 balanced accuracy"
+    return (f"{name}: {isic['overall']:.4f} on {report['num_images']} images; "
+            f"mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}")
+
+
+def write_report(path, report, task):
+    """A short Markdown report with the headline numbers and the figures."""
+    isic = report["isic"]
+    lines = [f"# Investigation: {task}", "",
+             f"- weights: `{report['weights']}`",
+             f"- dataset: `{report['dataset']}` (subset `{report['subset']}`, {report['num_images']} images)",
+             f"- **{headline(report, task)}**", ""]
+    if task == "segmentation":
+        lines += ["| metric (mean over images) | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()]
+    elif task == "attributes":
+        lines += [f"Overall (official, micro average) Jaccard {isic['overall']:.4f}, "
+                  f"mean of per-attribute Jaccards {isic['mean_attribute_jaccard']:.4f}", "",
+                  "| attribute | Jaccard | Dice |", "|---|---|---|"]
+        lines += [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()]
+    else:
+        lines += ["| class | sensitivity | specificity | AUC |", "|---|---|---|---|"]
+        lines += [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} |"
+                  for c, s in isic["per_category"].items()]
+    lines += ["", f"Mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}, "
+                  f"mAP@[.5:.95] {report['mask_map']['mAP@[.5:.95]']:.4f}; pooled AP@0.5 (mask IoU) "
+                  f"{report['pooled_mask_ap50']:.4f}", ""]
+    sources = report.get("mask_sources")
+    if sources:
+        lines += [f"ISIC score computed from {sources['isic']}; mask mAP and pooled AP from {sources['mask_map']}.", ""]
+    lines += [f"![{f}]({f})" for f in report["figures"]]
+    text = "\n".join(lines) + "\n"
+    atomic.write_text(path, text)
