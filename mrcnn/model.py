@@ -371,3 +371,34 @@ def _check_images(images, channels):
                              "(Config.IMAGE_CHANNEL_COUNT)")
         images[i] = image
     return images
+
+
+# Matterport's other `mrcnn.model` names, each defined in the module of its stage and
+# imported on first use: the training-side ones (targets, losses, the feed) load only when
+# asked for, so `import mrcnn.model` stays free of the training code.
+MATTERPORT_NAMES = {
+    "BatchNorm": "mrcnn.modeling.layers", "batch_slice": "mrcnn.modeling.layers",
+    "apply_box_deltas_graph": "mrcnn.modeling.layers", "clip_boxes_graph": "mrcnn.modeling.layers",
+    "norm_boxes_graph": "mrcnn.modeling.layers", "denorm_boxes_graph": "mrcnn.modeling.layers",
+    "log2_graph": "mrcnn.modeling.layers", "trim_zeros_graph": "mrcnn.modeling.layers",
+    "identity_block": "mrcnn.modeling.backbone", "conv_block": "mrcnn.modeling.backbone",
+    "resnet_graph": "mrcnn.modeling.backbone", "PyramidROIAlign": "mrcnn.modeling.roi_align",
+    "refine_detections_graph": "mrcnn.modeling.detection",
+    "detection_targets_graph": "mrcnn.modeling.targets", "DetectionTargetLayer": "mrcnn.modeling.targets",
+    "build_rpn_targets": "mrcnn.modeling.targets",
+    "smooth_l1_loss": "mrcnn.modeling.losses", "rpn_class_loss_graph": "mrcnn.modeling.losses",
+    "rpn_bbox_loss_graph": "mrcnn.modeling.losses", "mrcnn_class_loss_graph": "mrcnn.modeling.losses",
+    "mrcnn_bbox_loss_graph": "mrcnn.modeling.losses", "mrcnn_mask_loss_graph": "mrcnn.modeling.losses",
+    "load_image_gt": "mrcnn.data.feed",
+    "compose_image_meta": "mrcnn.data.molding", "parse_image_meta": "mrcnn.data.molding",
+    "parse_image_meta_graph": "mrcnn.data.molding", "mold_image": "mrcnn.data.molding",
+    "unmold_image": "mrcnn.data.molding", "mold_inputs": "mrcnn.data.molding",
+    "unmold_detections": "mrcnn.data.molding", "compute_backbone_shapes": "mrcnn.data.molding",
+}
+
+
+def __getattr__(name):
+    if name in MATTERPORT_NAMES:
+        import importlib
+        return getattr(importlib.import_module(MATTERPORT_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

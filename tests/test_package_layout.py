@@ -6,6 +6,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -14,13 +15,21 @@ PACKAGES = ("mrcnn", "isic")
 # Every name Matterport's users import, by the module they import it from.
 MATTERPORT_NAMES = {
     "mrcnn.config": ["Config"],
-    "mrcnn.model": ["MaskRCNN"],
+    "mrcnn.model": ["MaskRCNN", "BatchNorm", "batch_slice", "apply_box_deltas_graph", "clip_boxes_graph",
+                    "norm_boxes_graph", "denorm_boxes_graph", "log2_graph", "trim_zeros_graph", "identity_block",
+                    "conv_block", "resnet_graph", "ProposalLayer", "PyramidROIAlign", "DetectionLayer",
+                    "refine_detections_graph", "detection_targets_graph", "DetectionTargetLayer",
+                    "build_rpn_targets", "build_rpn_model", "fpn_classifier_graph", "build_fpn_mask_graph",
+                    "smooth_l1_loss", "rpn_class_loss_graph", "rpn_bbox_loss_graph", "mrcnn_class_loss_graph",
+                    "mrcnn_bbox_loss_graph", "mrcnn_mask_loss_graph", "load_image_gt", "compose_image_meta",
+                    "parse_image_meta", "parse_image_meta_graph", "mold_image", "unmold_image",
+                    "compute_backbone_shapes"],
     "mrcnn.utils": ["Dataset", "extract_bboxes", "compute_iou", "compute_overlaps", "compute_overlaps_masks",
                     "non_max_suppression", "apply_box_deltas", "box_refinement", "resize_image", "resize_mask",
                     "minimize_mask", "expand_mask", "unmold_mask", "generate_anchors",
                     "generate_pyramid_anchors", "trim_zeros", "compute_matches", "compute_ap",
                     "compute_ap_range", "compute_recall", "download_trained_weights", "norm_boxes",
-                    "denorm_boxes", "resize", "COCO_MODEL_URL"],
+                    "denorm_boxes", "resize", "COCO_MODEL_URL", "batch_slice", "box_refinement_graph"],
     "mrcnn.visualize": ["display_images", "random_colors", "apply_mask", "display_instances",
                         "display_differences", "draw_rois", "draw_box", "display_top_masks", "plot_precision_recall",
                         "plot_overlaps", "draw_boxes", "display_weight_stats"],
@@ -101,3 +110,18 @@ def test_matterport_public_names_import_from_their_old_paths(module):
     loaded = importlib.import_module(module)
     missing = [name for name in MATTERPORT_NAMES[module] if not hasattr(loaded, name)]
     assert not missing, f"{module} lacks {missing}"
+
+
+def test_matterport_names_are_the_stage_modules_own_objects():
+    import mrcnn.model
+    import mrcnn.utils
+    for name, module in mrcnn.model.MATTERPORT_NAMES.items():
+        assert getattr(mrcnn.model, name) is getattr(importlib.import_module(module), name)
+    with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
+        mrcnn.model.not_a_name
+    boxes = np.array([[0, 0, 10, 10], [5, 5, 25, 15]], np.float32)
+    targets = np.array([[1, 2, 11, 14], [4, 5, 30, 20]], np.float32)
+    graph = mrcnn.utils.box_refinement_graph(boxes, targets).numpy()
+    np.testing.assert_allclose(graph, mrcnn.utils.box_refinement(boxes, targets), rtol=1e-6, atol=1e-6)
+    assert np.abs(graph).sum() > 0
+
