@@ -195,3 +195,31 @@ def test_prediction_and_truth_csvs_for_scoring_accept_a_bom_and_name_a_bad_line(
         with pytest.raises(submission.SubmissionError) as error:
             reader(path)
         assert f"{path} line 4" in str(error.value) and "not UTF-8" in str(error.value)
+
+
+def test_training_and_scoring_read_the_task3_truth_through_one_reader(tiny_data, tmp_path, caplog):
+    """Issue 25: the training loader and the scorer take the same rows from the same file; a
+    repeated row is a warning for training and a refusal for scoring; weight columns of later
+    ISIC releases are accepted by both."""
+    from isic.outputs import submission
+    root = copy_dataset(tiny_data, tmp_path / "data")
+    path = task3_csv(root)
+    lines = path.read_text().splitlines()
+    weighted = [lines[0] + ",score_weight"] + [f"{line},{0.5 + k}" for k, line in enumerate(lines[1:])]
+    path.write_text("\n".join(weighted) + "\n")
+    dataset = load("classification", root)
+    truth, weights = submission.read_task3_truth_csv(path)
+    trained = {info["id"]: info["diagnosis"] for info in dataset.image_info}
+    assert trained and sorted(trained) == sorted(truth.index)
+    assert all(truth.loc[i].idxmax() == diagnosis for i, diagnosis in trained.items())
+    assert weights["score_weight"].tolist() == [0.5 + k for k in range(len(lines) - 1)]
+    assert set(weights["validation_weight"]) == {1.0}
+
+    path.write_text("\n".join(weighted + [weighted[1]]) + "\n")
+    with caplog.at_level(logging.WARNING):
+        again = load("classification", root)
+    assert len(again.image_info) == len(dataset.image_info)
+    assert any("repeats line 2" in r.getMessage() for r in caplog.records)
+    first_id = weighted[1].split(",")[0]
+    with pytest.raises(submission.SubmissionError, match=f"duplicate image rows: \\['{first_id}'\\]"):
+        submission.read_task3_truth_csv(path)

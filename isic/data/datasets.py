@@ -590,47 +590,19 @@ class ISICClassificationDataset(ISICDataset):
                 / layout.TASK3_GT_CSV.format(split=split))
 
     def _read_csv(self, path):
-        """{isic_id: (line number, [7 value strings] or None when the row is malformed)}.
-
-        UTF-8 with or without a byte-order mark. A repeated id keeps its first row; the
-        repeat is skipped with a warning naming the file, both lines and, when they
-        disagree, both labels.
-        """
-        rows = csvfiles.read_rows(path, DatasetError)
-        if not rows:
-            raise DatasetError(f"{path} is empty; expected the header "
-                               f"{','.join(layout.TASK3_CSV_HEADER)}")
-        header = [c.strip() for c in rows[0]]
-        for column in header:
-            if column not in layout.TASK3_CSV_HEADER:
-                invisible = "" if column.isprintable() else " (it holds invisible characters)"
-                raise DatasetError(f"{path}: unknown column {csvfiles.show_header_cell(column)}"
-                                   f"{invisible}; expected {','.join(layout.TASK3_CSV_HEADER)}")
-        for column in layout.TASK3_CSV_HEADER:
-            if column not in header:
-                raise DatasetError(f"{path}: missing column '{column}'; expected "
-                                   f"{','.join(layout.TASK3_CSV_HEADER)}")
-        if len(set(header)) != len(header):
-            raise DatasetError(f"{path}: a column is repeated in the header {','.join(header)}")
-        columns = [header.index(c) for c in layout.DIAGNOSES]
-        table = {}
-        for number, row in enumerate(rows[1:], start=2):
-            if not any(cell.strip() for cell in row):
-                continue
-            isic_id = row[header.index("image")].strip() if len(row) == len(header) else row[0].strip()
-            values = [row[c].strip() for c in columns] if len(row) == len(header) else None
-            if isic_id in table:
-                first, first_values = table[isic_id]
-                if values == first_values:
-                    bad = _BadItem("duplicate CSV row", f"{path} line {number}: {isic_id} repeats "
-                                   f"line {first}; the repeat is ignored")
-                else:
-                    bad = _BadItem("conflicting CSV rows", f"{path} line {number}: {isic_id} is "
-                                   f"labelled {_csv_label(values)} here but {_csv_label(first_values)} "
-                                   f"on line {first}; keeping line {first}")
-                self._skip(f"{path.name} line {number}", bad)
-                continue
-            table[isic_id] = (number, values)
+        """{isic_id: Task3Row} (csvfiles.read_task3_truth). A repeated id keeps its first row;
+        the repeat is skipped with a warning naming the file, both lines and, when they
+        disagree, both labels."""
+        table, repeats = csvfiles.read_task3_truth(path, DatasetError)
+        for row, isic_id, first in repeats:
+            if row.values == first.values:
+                bad = _BadItem("duplicate CSV row", f"{path} line {row.line}: {isic_id} repeats "
+                               f"line {first.line}; the repeat is ignored")
+            else:
+                bad = _BadItem("conflicting CSV rows", f"{path} line {row.line}: {isic_id} is "
+                               f"labelled {_csv_label(row.values)} here but {_csv_label(first.values)} "
+                               f"on line {first.line}; keeping line {first.line}")
+            self._skip(f"{path.name} line {row.line}", bad)
         return table
 
     def _candidates(self, root, split):
@@ -640,9 +612,9 @@ class ISICClassificationDataset(ISICDataset):
         for path, bad in odd:
             self._skip(path, bad)
         items = {}
-        for isic_id, (number, values) in table.items():
-            items[isic_id] = {"image_path": images.get(isic_id), "row": values,
-                              "line": f"{csv_path.name} line {number}"}
+        for isic_id, row in table.items():
+            items[isic_id] = {"image_path": images.get(isic_id), "row": row.values,
+                              "line": f"{csv_path.name} line {row.line}"}
         for isic_id, path in images.items():
             if isic_id not in items:
                 items[isic_id] = {"image_path": path, "row": None, "line": None}

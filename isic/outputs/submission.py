@@ -213,30 +213,38 @@ def read_mask_pair(truth_path, pred_path):
 
 
 def read_task3_truth_csv(path_or_stream):
-    """Ground-truth CSV -> (probabilities DataFrame indexed by image, weights DataFrame).
+    """Ground-truth CSV -> (probabilities DataFrame indexed by image, weights DataFrame), read
+    by the one ground-truth reader (isic.data.csvfiles.read_task3_truth) and then held to the
+    scorer's needs: every row whole, every cell a number, no image twice.
 
     Weights are `score_weight` / `validation_weight` (1.0 when absent); ISIC_0035068 gets
     weight 0, as in the official scorer.
     """
     try:
-        if isinstance(path_or_stream, (str, os.PathLike)):
-            path_or_stream = io.StringIO(csvfiles.read_text(path_or_stream, SubmissionError))
-        table = pd.read_csv(path_or_stream, header=0)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        table, repeats = csvfiles.read_task3_truth(path_or_stream, SubmissionError)
+    except OSError as e:
         raise SubmissionError(f"cannot read Task 3 ground-truth CSV: {e}") from None
-    if "image" not in table.columns:
-        raise SubmissionError("Task 3 ground-truth CSV has no 'image' column")
-    duplicated = table["image"][table["image"].duplicated()].unique().tolist()
-    if duplicated:
-        raise SubmissionError(f"Task 3 ground-truth CSV has duplicate image rows: {duplicated}")
-    table = table.set_index("image", drop=True)
-    for column in ("score_weight", "validation_weight"):
-        if column not in table.columns:
-            table[column] = 1.0
-    if "ISIC_0035068" in table.index:
-        table.loc["ISIC_0035068", ["score_weight", "validation_weight"]] = 0.0
-    weights = table[["score_weight", "validation_weight"]].astype(np.float64)
-    probabilities = table.drop(columns=["score_weight", "validation_weight"])
+    if repeats:
+        raise SubmissionError("Task 3 ground-truth CSV has duplicate image rows: "
+                              f"{sorted({isic_id for _row, isic_id, _first in repeats})}")
+    if not table:
+        raise SubmissionError("Task 3 ground-truth CSV has no image rows")
+    values, weights = [], []
+    for isic_id, row in table.items():
+        if row.values is None:
+            raise SubmissionError(f"Task 3 ground-truth CSV line {row.line} ({isic_id}) does not have "
+                                  "the header's number of fields")
+        try:
+            values.append([float(v) for v in row.values])
+            weights.append([float(w) if w else 1.0 for w in (row.weights or ("", ""))])
+        except ValueError:
+            raise SubmissionError(f"Task 3 ground-truth CSV line {row.line} ({isic_id}) holds a value "
+                                  "that is not a number") from None
+    index = pd.Index(list(table), name="image")
+    probabilities = pd.DataFrame(values, index=index, columns=list(layout.DIAGNOSES), dtype=np.float64)
+    weights = pd.DataFrame(weights, index=index, columns=list(csvfiles.TASK3_WEIGHT_COLUMNS), dtype=np.float64)
+    if "ISIC_0035068" in weights.index:
+        weights.loc["ISIC_0035068"] = 0.0
     return probabilities, weights
 
 
