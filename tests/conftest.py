@@ -61,17 +61,3 @@ def mrcnn_ref():
     """../shared/mrcnn-ref: Matterport weight layouts, weight writers, reference detections."""
     return _shared_path("mrcnn-ref")
 
-
-# The slowest modules, slowest first (seconds of test time on a 2-core machine, 2026-12-07:
-# 195, 141, 100, 48, 42). `-n 2 --dist loadscope` hands out whole modules in collection order,
-# so starting with these lets the two workers finish together instead of one of them ending
-# with the longest module; within a module the order is unchanged.
-SLOWEST_FIRST = ("test_training.py", "test_end_to_end.py", "test_run_provenance.py", "test_cli_errors.py",
-                 "test_export.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    def rank(item):
-        name = item.path.name
-        return SLOWEST_FIRST.index(name) if name in SLOWEST_FIRST else len(SLOWEST_FIRST)
-    items.sort(key=rank)
