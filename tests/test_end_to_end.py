@@ -242,8 +242,10 @@ def run_all_modes(task, dataset, tmp_path):
         assert (summary["height"], summary["width"]) == shapes[stem]
         if task == "classification":
             assert set(summary["probabilities"]) == set(layout.DIAGNOSES)
-    detections = [check_overlay(task, pred, image_dir(dataset, task) / f"{stem}.jpg") for stem in shapes]
-    assert any(detections), "no detections at all: the overlay checks saw nothing drawn"
+    # Whether a model trained for two steps detects anything depends on the machine's float
+    # rounding; test_overlay_shows_the_lesion_where_its_mask_is draws known detections.
+    for stem in shapes:
+        check_overlay(task, pred, image_dir(dataset, task) / f"{stem}.jpg")
 
 
 @pytest.mark.parametrize("task", TASKS)
@@ -261,3 +263,29 @@ def small_synthetic(tmp_path_factory):
 @pytest.mark.parametrize("task", TASKS)
 def test_synthetic_end_to_end(task, small_synthetic, tmp_path):
     run_all_modes(task, small_synthetic, tmp_path)
+
+
+def test_overlay_shows_the_lesion_where_its_mask_is(isic_sample, tmp_path):
+    """predict.write_overlay on a real image with its ground-truth lesion mask as the one
+    detection: the lesion is tinted (>= 95 % of its pixels changed), the box outline is drawn
+    (2 px, inside the box), and every other pixel is the image's own."""
+    from mrcnn.data.masks import extract_bboxes
+    folder = pathlib.Path(isic_sample)
+    mask_path = sorted((folder / layout.TASK1_GT_DIR.format(split="Training")).glob("*.png"))[0]
+    stem = layout.isic_id(mask_path.name)
+    image = np.asarray(Image.open(image_dir(folder, "segmentation") / f"{stem}.jpg").convert("RGB"))
+    lesion = np.asarray(Image.open(mask_path)) > 128
+    assert lesion.any() and not lesion.all()
+    box = extract_bboxes(lesion[..., None])[0]
+    result = {"masks": lesion[..., None], "rois": box[None], "scores": np.array([0.9]), "class_ids": np.array([1])}
+    assert predict.write_overlay(tmp_path / "overlay.png", image, result, ["BG", "lesion"], max_side=None) == 1.0
+    overlay = np.asarray(Image.open(tmp_path / "overlay.png").convert("RGB"))
+    assert overlay.shape == image.shape
+    changed = (overlay != image).any(axis=-1)
+    y1, x1, y2, x2 = box
+    outline = np.zeros_like(lesion)
+    outline[y1:y2, x1:x2] = True
+    outline[y1 + 2:y2 - 2, x1 + 2:x2 - 2] = False
+    assert changed[lesion].mean() >= 0.95
+    assert changed[outline].mean() >= 0.95
+    assert not changed[~lesion & ~outline].any()
