@@ -1,6 +1,8 @@
 """The Mask R-CNN graph pieces on hand-made inputs, each against numbers worked out by hand
 or a small sampler written from the op's documented definition (never against the project's
 own NumPy twin of the same step; the box coder has its own tests in test_boxes.py)."""
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -294,6 +296,24 @@ def test_mold_inputs_then_unmold_detections_maps_boxes_back():
     assert masks[y1:y2, x1:x2, 0].all() and masks[..., 0].sum() == (y2 - y1) * (x2 - x1)
     np.testing.assert_array_equal(kept_probs, probs[:1])
 
+
+
+def test_unmold_detections_of_a_one_pixel_wide_window_gives_none_without_warnings():
+    """A 4000x3 strip molded to 128 px keeps a window one pixel wide: its normalised width
+    is 0, so no detection can be mapped back (before: a division by zero and NaN boxes)."""
+    config = small_config()
+    image = np.zeros((4000, 3, 3), np.uint8)
+    molded, _metas, windows = mold_inputs([image], config)
+    assert windows[0][3] - windows[0][1] == 1
+    detections = np.zeros((2, 6))
+    detections[0] = [0.1, 0.4, 0.6, 0.6, 1, 0.9]
+    mask = np.ones((2, 28, 28, 2), np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rois, class_ids, scores, masks = unmold_detections(detections, mask, image.shape, molded.shape[1:],
+                                                           windows[0])
+    assert rois.shape == (0, 4) and class_ids.shape == (0,) and scores.shape == (0,)
+    assert masks.shape == (4000, 3, 0)
 
 def test_float32_layers_compute_in_float32_under_mixed_precision():
     class Square(Float32Layer):

@@ -5,10 +5,10 @@
 """
 import numpy as np
 
-from mrcnn.modeling import boxes as boxes_lib
+from mrcnn.config import BACKBONES
 from mrcnn.data.masks import unmold_mask
 from mrcnn.data.resize import resize_image
-from mrcnn.config import BACKBONES
+from mrcnn.modeling import boxes as boxes_lib
 
 
 # Matterport's image meta layout: (field, first column, end column or None for "to the end").
@@ -81,7 +81,8 @@ def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
     class_probs: optional [N, num_classes] softmax rows of the same detections.
     Returns boxes [n, (y1, x1, y2, x2)] int32 pixels, class_ids [n] int32, scores [n] float32,
     masks [H, W, n] bool, and class_probs [n, num_classes] float32 (when given). Boxes that
-    round to an empty area are dropped with everything that belongs to them.
+    round to an empty area are dropped with everything that belongs to them, and so is every
+    detection when the window is one pixel wide or high (it has no extent to map back through).
     The arithmetic (window shift and scale in float32, then rounding) is the reference's,
     so boxes and masks agree with it pixel for pixel.
     """
@@ -101,8 +102,11 @@ def unmold_detections(detections, mrcnn_mask, original_image_shape, image_shape,
     window = boxes_lib.normalize_np(window, image_shape[:2])
     origin = np.tile(window[:2], 2)
     extent = np.tile(window[2:] - window[:2], 2)
-    pixel_boxes = boxes_lib.denormalize_np((detections[:count, :4] - origin) / extent,
-                                           original_image_shape[:2])
+    if np.all(extent > 0):
+        pixel_boxes = boxes_lib.denormalize_np((detections[:count, :4] - origin) / extent,
+                                               original_image_shape[:2])
+    else:  # a one-pixel side in the molded image (a 4000x3 strip, say): nothing maps back
+        pixel_boxes = np.zeros((count, 4), np.int32)
     visible = boxes_lib.areas_np(pixel_boxes) > 0
     pixel_boxes = pixel_boxes[visible]
     fields = {name: values[visible] for name, values in fields.items()}
