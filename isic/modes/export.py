@@ -13,7 +13,6 @@ mask is the unrefined network mask, the card says so, and `--mode predict --weig
 applies the card's refinement settings on top (isic.outputs.refinement), as with a checkpoint.
 """
 import datetime
-import hashlib
 import logging
 import os
 import pathlib
@@ -25,10 +24,10 @@ import time
 import numpy as np
 
 from isic import layout
-from isic.outputs import deliverables
-from isic.modes import runs
 from isic.errors import UserError
-from mrcnn.io import atomic
+from isic.modes import runs
+from isic.outputs import deliverables
+from mrcnn.io import atomic, download
 
 log = logging.getLogger(__name__)
 
@@ -145,14 +144,6 @@ def check_images(image_spec=None, seed=0):
 
 # --- The card -------------------------------------------------------------------------------
 
-def sha256_of(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def project_version():
     """`git describe` of the project checkout (commit, '-dirty' when edited), or 'unknown'."""
     root = pathlib.Path(__file__).resolve().parents[1]
@@ -204,7 +195,8 @@ def model_card(task, config, weights, agreement_summary, export_seconds, size_by
         },
         "config": config.to_dict(),
         "source_checkpoint": str(weights) if isinstance(weights, pathlib.Path) else weights,
-        "source_checkpoint_sha256": sha256_of(weights) if isinstance(weights, pathlib.Path) else None,
+        "source_checkpoint_sha256": (download.file_digest(weights, "sha256") if isinstance(weights, pathlib.Path)
+                                     else None),
         "project_version": project_version(),
         "tensorflow_version": tf.__version__,
         "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -21,15 +21,12 @@ from tqdm import tqdm
 
 from isic import layout
 from isic.data import images
-from isic.outputs import deliverables
-from isic.modes import preflight
-from isic.outputs import refinement
-from isic.modes import runs
-from isic.outputs import submission
 from isic.errors import UserError
+from isic.modes import preflight, runs
+from isic.outputs import deliverables, refinement, submission
 from mrcnn import visualize
-from mrcnn.io import atomic
 from mrcnn.data import resize
+from mrcnn.io import atomic
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +179,7 @@ def check_resizable(path, shape, config):
     leave its short side under two pixels (a 4000x3 strip at IMAGE_MAX_DIM 256, say): the
     resize would still give one pixel, but a one-pixel window has no extent to map
     detections back through."""
-    scale = resize.config_scale(shape, config)
-    if min(round(shape[0] * scale), round(shape[1] * scale)) < 2:
+    if min(resize.scaled_size(shape[0], shape[1], resize.config_scale(shape, config))) < 2:
         raise images.ImageReadError(
             "image too thin", f"{path} is {shape[0]}x{shape[1]} pixels: resized to fit IMAGE_MAX_DIM "
             f"{config.IMAGE_MAX_DIM} its short side would be under two pixels, so there is nothing to detect")

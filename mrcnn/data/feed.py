@@ -16,9 +16,9 @@ import numpy as np
 from mrcnn.data import image_cache
 from mrcnn.data.augment import AugmentationError, ImgaugNotInstalledError, apply_augmentation
 from mrcnn.data.masks import extract_bboxes, minimize_mask
-from mrcnn.data.molding import compose_image_meta, compute_backbone_shapes, mold_image
+from mrcnn.data.molding import compose_image_meta, mold_image
 from mrcnn.data.resize import resize_image, resize_mask
-from mrcnn.modeling.anchors import generate_pyramid_anchors
+from mrcnn.modeling.anchors import pixel_pyramid_anchors
 from mrcnn.modeling.targets import build_rpn_targets
 
 log = logging.getLogger(__name__)
@@ -108,14 +108,6 @@ def _check_annotations(image, mask, class_ids, dataset, image_id):
     return mask.astype(bool), class_ids
 
 
-def training_anchors(config):
-    """[A, (y1, x1, y2, x2)] pixel anchors for IMAGE_SHAPE, in the RPN's output order."""
-    backbone_shapes = compute_backbone_shapes(config, config.IMAGE_SHAPE)
-    return generate_pyramid_anchors(config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
-                                    backbone_shapes, config.BACKBONE_STRIDES,
-                                    config.RPN_ANCHOR_STRIDE)
-
-
 class MaskRCNNSequence(keras.utils.PyDataset):
     """Batches for MaskRCNN training: `(inputs,)` with inputs =
     (images [B, H, W, C] float32 molded, image_meta [B, META] float32,
@@ -150,7 +142,7 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         self.keep_empty = bool(config.KEEP_EMPTY_IMAGES if keep_empty is None else keep_empty)
         self.batch_size = int(config.BATCH_SIZE if batch_size is None else batch_size)
         self.image_ids = image_ids
-        self.anchors = training_anchors(config)
+        self.anchors = pixel_pyramid_anchors(config, config.IMAGE_SHAPE)  # [A, (y1, x1, y2, x2)] pixels
         self.epoch = 0
         self.n_empty_served = 0  # images without instances put in a batch
         self.n_empty_skipped = 0  # images without instances replaced (keep_empty False)

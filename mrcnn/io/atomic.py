@@ -99,7 +99,7 @@ def write_text(path, text, durable=True):
 def strict_json(value):
     """`value` with NumPy scalars as Python numbers and NaN / infinities (undefined scores)
     as None, so that json.dumps(..., allow_nan=False) accepts it."""
-    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str, bytes)) and getattr(value, "ndim", 1) == 0:
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):  # NumPy scalars, 0-d arrays
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
