@@ -23,10 +23,10 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # see mrcnn/__init__.py
 
 from isic import layout  # noqa: E402
-from isic.modes import preflight  # noqa: E402
 from isic.errors import UserError  # noqa: E402
-from mrcnn.engine import layer_sets  # noqa: E402
+from isic.modes import preflight  # noqa: E402
 from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
+from mrcnn.engine import layer_sets  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
 DEFAULT_DATASET = ROOT / "isic2018"

@@ -66,8 +66,7 @@ def skimage_resize(dataset, config, image_id, rng=None):
     """The feed's resize before issue 12 (utils.resize_image/resize_mask at full resolution:
     skimage bilinear in float64, nearest-neighbour masks), for the "before" row."""
     from mrcnn import utils
-    from mrcnn.data import feed
-    from mrcnn.data import image_cache
+    from mrcnn.data import feed, image_cache
     image = dataset.load_image(image_id)
     mask, class_ids = dataset.load_mask(image_id)
     mask, class_ids = feed._check_annotations(image, mask, class_ids, dataset, image_id)

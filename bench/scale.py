@@ -143,8 +143,7 @@ def refinement_rows(data, weights, count):
     import keras
     import lesions
     from isic.evaluation import metrics
-    from isic.outputs import deliverables
-    from isic.outputs import refinement
+    from isic.outputs import deliverables, refinement
     from isic.modes import runs
     keras.backend.clear_session()
     config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
@@ -203,8 +202,7 @@ def real_refinement_rows(real, weights, masks="network"):
     import cv2
     import lesions
     from isic.evaluation import metrics
-    from isic.outputs import deliverables
-    from isic.outputs import refinement
+    from isic.outputs import deliverables, refinement
     from isic.modes import runs
     config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
     model = None

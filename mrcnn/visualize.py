@@ -30,8 +30,8 @@ from matplotlib.figure import Figure
 from skimage.measure import find_contours
 
 from mrcnn import utils
-from mrcnn.io import atomic
 from mrcnn.data.masks import unmold_mask
+from mrcnn.io import atomic
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,7 @@ import pytest
 import tensorflow as tf
 from keras import layers as KL
 
-from mrcnn.modeling import heads
-from mrcnn.modeling import layers
+from mrcnn.modeling import heads, layers
 from mrcnn.io import weights_h5 as weights_io
 from mrcnn.modeling.losses import mrcnn_mask_loss_graph
 from mrcnn.model import MaskRCNN

@@ -19,8 +19,7 @@ from skimage.filters import threshold_otsu
 from tqdm import tqdm
 
 from isic import layout
-from isic.data import csvfiles
-from isic.data import images
+from isic.data import csvfiles, images
 from mrcnn import utils
 from mrcnn.data import resize
 

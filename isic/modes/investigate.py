@@ -19,9 +19,8 @@ from tqdm import tqdm
 
 from isic import layout
 from isic.evaluation import metrics
-from isic.outputs import deliverables
-from isic.outputs import refinement
 from isic.modes import runs
+from isic.outputs import deliverables, refinement
 from mrcnn import utils, visualize
 from mrcnn.evaluation.ap import average_precision
 from mrcnn.io import atomic

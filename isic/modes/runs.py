@@ -14,10 +14,9 @@ import pathlib
 
 from isic import layout
 from isic.errors import UserError
-from mrcnn.io import run_dirs
-from mrcnn.io.weights_file import CARD_NAME, is_exported_model
 from mrcnn.config import HEAD_LAYERS
-from mrcnn.io import atomic
+from mrcnn.io import atomic, run_dirs
+from mrcnn.io.weights_file import CARD_NAME, is_exported_model
 
 log = logging.getLogger(__name__)
 

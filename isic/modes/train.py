@@ -17,8 +17,8 @@ import pathlib
 import re
 import time
 
-from isic.modes import runs
 from isic.errors import UserError
+from isic.modes import runs
 from mrcnn.engine import layer_sets
 from mrcnn.io import run_dirs
 

@@ -19,8 +19,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mrcnn.io.weights_file import CARD_NAME, is_exported_model  # noqa: F401 (re-exported)
 from mrcnn.data.resize import resize_bilinear_tf, resize_scale_tf, scaled_size_tf
+from mrcnn.io.weights_file import CARD_NAME, is_exported_model  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

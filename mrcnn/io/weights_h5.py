@@ -21,8 +21,8 @@ import h5py
 import keras
 import numpy as np
 
-from mrcnn.io import atomic
 from mrcnn.config import HEAD_LAYERS
+from mrcnn.io import atomic
 from mrcnn.io.weights_file import WeightsFormatError, damaged_message, open_weights_file
 
 logger = logging.getLogger(__name__)

@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from mrcnn.modeling import boxes
 from mrcnn.data.molding import compute_backbone_shapes
+from mrcnn.modeling import boxes
 
 
 class AnchorCache:

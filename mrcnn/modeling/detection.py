@@ -1,9 +1,9 @@
 """DetectionLayer: classifier outputs on the proposals -> final detections per image."""
 import tensorflow as tf
 
+from mrcnn.data.molding import parse_image_meta_graph
 from mrcnn.modeling import boxes
 from mrcnn.modeling.layers import Float32Layer, as_float_array, batch_slice
-from mrcnn.data.molding import parse_image_meta_graph
 
 
 def _survivors_of_classwise_nms(boxes_, scores, class_ids, candidate, max_per_class, iou_threshold):

@@ -1,8 +1,8 @@
 """PyramidROIAlign: crops a fixed-size feature patch for every box from its pyramid level."""
 import tensorflow as tf
 
-from mrcnn.modeling.layers import Float32Layer, log2_graph
 from mrcnn.data.molding import parse_image_meta_graph
+from mrcnn.modeling.layers import Float32Layer, log2_graph
 
 # The FPN levels boxes are pooled from, P2..P5 (the order of the feature-map inputs).
 POOLED_LEVELS = (2, 3, 4, 5)
