@@ -5,9 +5,12 @@
     python lesions.py --mode investigate [--task T] [--dataset D] [--subset val|train|all] [--weights W]
     python lesions.py --mode predict --image PATH [--task T] [--weights W] [--output DIR]
     python lesions.py --mode export --output DIR [--task T] [--weights W]
+    python lesions.py --mode score --predictions DIR [--task T] (--dataset ROOT --split S | --truth PATH)
+    python lesions.py --mode runs [--logs DIR] [--task T] [--compare RUN_A RUN_B]
 
-This file only wires a task's Config and Dataset to a mode; the work lives in the
-`isic` and `mrcnn` packages (isic.modes.train, isic.modes.investigate, isic.modes.predict, isic.modes.export).
+Installed (`pip install .`), the same is the `lesions` command. This file only wires a task's
+Config and Dataset to a mode; the work lives in the `isic` and `mrcnn` packages (isic.modes.train,
+.investigate, .predict, .export, .score, .runs; isic.modes.settings layers the Config values).
 """
 import argparse
 import ast
@@ -23,15 +26,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # see mrcnn/__init__.py
 
 from isic import layout  # noqa: E402
-from isic.errors import UserError  # noqa: E402
+from isic.errors import SubmissionError, UserError  # noqa: E402
 from isic.modes import preflight  # noqa: E402
 from mrcnn.config import Config, ConfigError, is_int, is_number  # noqa: E402
 from mrcnn.engine import layer_sets  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parent
-DEFAULT_DATASET = ROOT / "isic2018"
-DEFAULT_LOGS = ROOT / "logs"
-MODES = ("train", "investigate", "predict", "export")
+# In a checkout the defaults sit next to lesions.py; installed (no pyproject.toml beside it, e.g.
+# in site-packages), they are relative to the folder the command runs in.
+HOME = ROOT if (ROOT / "pyproject.toml").is_file() else pathlib.Path(".")
+DEFAULT_DATASET = HOME / "isic2018"
+DEFAULT_LOGS = HOME / "logs"
+DEFAULT_TASK = "segmentation"
+MODES = ("train", "investigate", "predict", "export", "score", "runs")
 
 log = logging.getLogger("lesions")
 
@@ -176,15 +183,26 @@ def parse_override(text):
         return key.strip(), value
 
 
-def make_config(task, synthetic=False, overrides=(), inference=False):
-    """The task's Config with the synthetic CPU values (when asked) and user overrides applied."""
+def make_config(task, synthetic=False, overrides=(), inference=False, sources=None):
+    """The task's Config with the synthetic CPU values (when asked) and user overrides applied.
+    `sources` ({attribute: label}) names where each override came from (default "--set"); the
+    config records every value's source in `value_sources` (written into a run's config.json)."""
     values = dict(SYNTHETIC_CPU_OVERRIDES) if synthetic else {}
+    origin = dict.fromkeys(values, "synthetic CPU values (--dataset synthetic)")
     if inference:
         values.update(IMAGES_PER_GPU=1, GPU_COUNT=1)  # one image per detect() call unless --set says otherwise
-    values.update(dict(overrides))
+        origin.update(IMAGES_PER_GPU="inference (one image per call)", GPU_COUNT="inference (one image per call)")
+    for key, value in overrides:
+        values[key] = value
+        origin[key] = (sources or {}).get(key, "--set")
     if inference:
         values["GPU_COUNT"] = 1
-    return TASK_CONFIGS[task](**values)
+        origin["GPU_COUNT"] = "inference (one image per call)"
+    config_class = TASK_CONFIGS[task]
+    config = config_class(**values)
+    config.value_sources = {key: origin.get(key, f"{config_class.__name__} default")
+                            for key in config_class.attribute_names()}
+    return config
 
 
 ############################################################
@@ -200,11 +218,15 @@ def build_parser():
                "  python lesions.py --mode train --dataset synthetic\n"
                "  python lesions.py --mode investigate --dataset synthetic\n"
                "  python lesions.py --mode predict --image 'photos/*.jpg' --output out/\n"
-               "  python lesions.py --mode export --weights last --output exported/segmentation\n")
+               "  python lesions.py --mode export --weights last --output exported/segmentation\n"
+               "  python lesions.py --mode investigate --dataset isic2018 --split validation\n"
+               "  python lesions.py --mode score --predictions out/ --dataset isic2018 --split test\n"
+               "  python lesions.py --mode train --config logs/segmentation20261208T101500/config.json\n"
+               "  python lesions.py --mode runs --compare logs/RUN_A logs/RUN_B\n")
     parser.add_argument("--mode", required=True, choices=MODES, help="what to do")
-    parser.add_argument("--task", default="segmentation", choices=layout.TASKS,
+    parser.add_argument("--task", default=None, choices=layout.TASKS,
                         help="ISIC 2018 task: segmentation (1), attributes (2), classification (3); "
-                             "default segmentation")
+                             "default: the --config file's NAME, else segmentation (runs: every task)")
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET),
                         help="dataset root in the official ISIC 2018 layout (default: isic2018/ next "
                              "to lesions.py), or 'synthetic' for the generated dataset")
@@ -214,8 +236,20 @@ def build_parser():
                              "train on synthetic, last otherwise")
     parser.add_argument("--logs", default=str(DEFAULT_LOGS),
                         help="folder for run folders and checkpoints (default logs/)")
-    parser.add_argument("--subset", default="val", choices=("val", "train", "all"),
-                        help="investigate: the split to score (default val); 'all' scores every image")
+    parser.add_argument("--split", choices=tuple(layout.SPLIT_OPTIONS),
+                        help="investigate, score, predict: the official ISIC 2018 split of --dataset (default "
+                             "training); validation and test are scored whole. predict without --image: that "
+                             "split's input images")
+    parser.add_argument("--subset", default=None, choices=("val", "train", "all"),
+                        help="investigate on the training split: the run's val images (default), its train "
+                             "images, or all")
+    parser.add_argument("--predictions", help="score: the submission folder (Tasks 1, 2) or CSV (Task 3) to score")
+    parser.add_argument("--truth", help="score: the ground-truth mask folder (Tasks 1, 2) or CSV (Task 3), "
+                                        "instead of --dataset and --split")
+    parser.add_argument("--config", help="a JSON (a run's config.json works as it is) or YAML file of Config "
+                                         "values; --set values apply on top")
+    parser.add_argument("--compare", nargs=2, metavar=("RUN_A", "RUN_B"),
+                        help="runs: the Config values that differ and the two histories side by side")
     parser.add_argument("--image", help="predict: an image file, a folder, or a glob (quote it); export: up to "
                                         "3 images to measure agreement with detect() on (default: synthetic)")
     parser.add_argument("--output", help="investigate/predict: output folder (default under the run "
@@ -240,6 +274,9 @@ def build_parser():
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any Config value, e.g. --set IMAGE_MAX_DIM=1024 "
                              "--set 'RPN_ANCHOR_SCALES=[16,32,64,128,256]' (repeatable)")
+    parser.add_argument("--deterministic", action="store_true",
+                        help="train: bit-identical weights and metrics for the same seed on the same machine "
+                             "(Config.DETERMINISTIC: TensorFlow op determinism, a seeded feed order)")
     parser.add_argument("--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -264,13 +301,12 @@ def expected_errors():
     """Error types that mean bad input, not a bug: shown as one line, no traceback.
     Read from the modules already imported, so that an early error does not pay for
     importing TensorFlow just to name the types it cannot have raised."""
-    types = [UserError, ConfigError, layer_sets.LayerSelectionError, FileNotFoundError, NotADirectoryError,
-             PermissionError]
+    types = [UserError, SubmissionError, ConfigError, layer_sets.LayerSelectionError, FileNotFoundError,
+             NotADirectoryError, PermissionError]
     for module, names in (("isic.data.datasets", ("DatasetError",)),
                           ("mrcnn.io.atomic", ("AtomicWriteError",)),
                           ("mrcnn.io.weights_file", ("WeightsFormatError",)),
                           ("isic.evaluation.metrics", ("MetricError",)),
-                          ("isic.outputs.submission", ("SubmissionError",)),
                           ("mrcnn.io.download", ("DownloadError",)),
                           ("mrcnn.io.weights_h5", ("WeightsFormatError", "WeightsMismatchError"))):
         if module in sys.modules:
@@ -279,20 +315,22 @@ def expected_errors():
 
 
 def run(args):
+    from isic.modes import settings
+    file_values = settings.read_config_file(args.config) if args.config else {}
+    if file_values:
+        args.task = settings.task_of(file_values, args.task, args.config, layout.TASKS)
+    if args.mode == "runs":
+        from isic.modes import runs
+        return runs.run(args)
+    args.task = args.task or DEFAULT_TASK
+    if args.mode == "score":
+        from isic.modes import score
+        return score.run(args)
     preflight.check_args(args, TASK_CONFIGS[args.task])
-    synthetic = args.dataset == "synthetic"
-    overrides = [parse_override(o) for o in args.overrides]
-    if args.seed is not None:
-        overrides.append(("SEED", args.seed))
-    if args.split_seed is not None:
-        overrides.append(("SPLIT_SEED", args.split_seed))
-    if args.steps_per_epoch is not None:
-        overrides.append(("STEPS_PER_EPOCH", args.steps_per_epoch))
+    config, overrides = config_for(args, file_values)
     if args.mode == "train":
         from isic.modes import train
-        config = make_config(args.task, synthetic, overrides)
         return train.run(args, config)
-    config = make_config(args.task, synthetic, overrides, inference=True)
     if args.mode == "investigate":
         from isic.modes import investigate
         return investigate.run(args, config, overrides)
@@ -301,6 +339,23 @@ def run(args):
         return export.run(args, config, overrides)
     from isic.modes import predict
     return predict.run(args, config, overrides)
+
+
+def config_for(args, file_values=None):
+    """(Config, overrides) of parsed arguments: the task's class, the synthetic CPU values, the
+    --config file, --set and the value flags, each value's source recorded (isic.modes.settings)."""
+    from isic.modes import settings
+    if file_values is None:
+        file_values = settings.read_config_file(args.config) if args.config else {}
+    task = args.task or DEFAULT_TASK
+    inference = args.mode != "train"
+    values = settings.option_values(args, file_values, inference)
+    settings.check_keys([key for key, _, source in values if source.startswith("config file")], TASK_CONFIGS[task],
+                        f"--config {args.config}")
+    settings.check_keys([key for key, _, source in values if source == "--set"], TASK_CONFIGS[task], "--set")
+    overrides = [(key, value) for key, value, _ in values]
+    sources = {key: source for key, _, source in values}
+    return make_config(task, args.dataset == "synthetic", overrides, inference=inference, sources=sources), overrides
 
 
 if __name__ == "__main__":

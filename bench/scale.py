@@ -144,11 +144,11 @@ def refinement_rows(data, weights, count):
     import lesions
     from isic.evaluation import metrics
     from isic.outputs import deliverables, refinement
-    from isic.modes import runs
+    from isic.modes import run_folders
     keras.backend.clear_session()
-    config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
-    model = runs.load_inference_model(config, pathlib.Path(weights), str(pathlib.Path(tempfile.gettempdir())))
-    dataset = runs.load_dataset("segmentation", data, "all", config.SEED, limit=count)
+    config = run_folders.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
+    model = run_folders.load_inference_model(config, pathlib.Path(weights), str(pathlib.Path(tempfile.gettempdir())))
+    dataset = run_folders.load_dataset("segmentation", data, "all", config.SEED, limit=count)
     rows = []
     for image_id in dataset.image_ids:
         image = dataset.load_image(image_id)
@@ -203,14 +203,14 @@ def real_refinement_rows(real, weights, masks="network"):
     import lesions
     from isic.evaluation import metrics
     from isic.outputs import deliverables, refinement
-    from isic.modes import runs
-    config = runs.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
+    from isic.modes import run_folders
+    config = run_folders.run_config_for(pathlib.Path(weights), lesions.make_config("segmentation", inference=True))
     model = None
     if masks == "network":
         import keras
         keras.backend.clear_session()
-        model = runs.load_inference_model(config, pathlib.Path(weights), tempfile.gettempdir())
-    dataset = runs.load_dataset("segmentation", real, "val", config.SEED)
+        model = run_folders.load_inference_model(config, pathlib.Path(weights), tempfile.gettempdir())
+    dataset = run_folders.load_dataset("segmentation", real, "val", config.SEED)
     names = ["input mask"] + [f"grabcut {d or 'full'}" for d in REAL_DIAMETERS] + [
         "4x: input mask", f"4x: grabcut {refinement.GRABCUT_DIAMETER}"]
     records, seconds = {n: {} for n in names}, {n: [] for n in names}

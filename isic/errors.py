@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input that the user can fix; lesions.py prints its one-line message and exits non-zero."""
+
+
+class SubmissionError(ValueError):
+    """A submission or ground-truth file breaks the official ISIC format."""

@@ -800,8 +800,8 @@ def generate_dataset(root, count=DEFAULT_COUNT, image_size=DEFAULT_IMAGE_SIZE, s
     writer = _Writer(root)
     started = time.perf_counter()
     render_seconds = 0.0
-    task12_dirs = [d.format(split=SPLIT) for d in (layout.TASK12_INPUT_DIR, layout.TASK1_GT_DIR,
-                                                   layout.TASK2_GT_DIR)]
+    task12_dirs = [layout.TASK12_INPUT_DIR.format(split=SPLIT), layout.TASK1_GT_DIR.format(split=SPLIT),
+                   layout.task2_gt_dir(SPLIT)]
     task3_input = layout.TASK3_INPUT_DIR.format(split=SPLIT)
     attribute_counts = dict.fromkeys(layout.ATTRIBUTES, 0)
     without_attributes = 0

@@ -4,6 +4,7 @@ Subclass `Config` and override class attributes (Matterport's way), or pass keyw
 overrides to the constructor. Every run saves its config as JSON so that a checkpoint
 always travels with the exact settings that produced it.
 """
+import difflib
 import json
 import logging
 import math
@@ -23,6 +24,8 @@ MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
 
 # Attributes that hold numpy arrays in memory and lists in JSON.
 _ARRAY_ATTRS = ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV")
+# The key of config.json that records where each value came from (Config.save).
+VALUE_SOURCES_KEY = "_value_sources"
 # Computed in __init__ from the others; never read back from JSON.
 _DERIVED_ATTRS = ("BATCH_SIZE", "IMAGE_SHAPE", "IMAGE_META_SIZE")
 
@@ -171,12 +174,26 @@ class Config:
     def __init__(self, **overrides):
         for key, value in overrides.items():
             if not key.isupper() or not hasattr(self, key):
-                raise ConfigError(f"unknown Config attribute {key!r}")
+                raise ConfigError(f"unknown Config attribute {key!r}{self.closest_attribute_hint(key)}")
             setattr(self, key, value)
         self.validate()
         for key in _ARRAY_ATTRS:
             setattr(self, key, np.array(getattr(self, key), dtype=np.float64))
         self._derive()
+
+    @classmethod
+    def attribute_names(cls):
+        """The upper-case attributes a config can be given (derived ones excluded)."""
+        return sorted(k for k in dir(cls) if k.isupper() and not k.startswith("_") and k not in _DERIVED_ATTRS
+                      and not callable(getattr(cls, k)))
+
+    @classmethod
+    def closest_attribute_hint(cls, key):
+        """'; the closest attribute is X' for a mistyped attribute name, or ''."""
+        names = cls.attribute_names()
+        by_upper = {n.upper(): n for n in names}
+        found = difflib.get_close_matches(str(key).upper(), list(by_upper), n=1, cutoff=0.6)
+        return f"; the closest attribute is {by_upper[found[0]]}" if found else ""
 
     def _derive(self):
         """Set the values that follow from the others (Matterport's derived attributes)."""
@@ -269,15 +286,22 @@ class Config:
         return out
 
     def save(self, path):
-        """Write the config as JSON (atomically: temp file + rename)."""
+        """Write the config as JSON (atomically: temp file + rename). When the config knows where
+        its values came from (`value_sources`, set by the command line), they are written under
+        VALUE_SOURCES_KEY, which `from_dict` ignores, so the file still builds the same config."""
+        values = self.to_dict()
+        sources = getattr(self, "value_sources", None)
+        if sources:
+            values[VALUE_SOURCES_KEY] = {k: sources.get(k, "derived" if k in _DERIVED_ATTRS else "default")
+                                         for k in sorted(values)}
         with atomic.atomic_open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2, sort_keys=True)
+            json.dump(values, f, indent=2, sort_keys=True)
             f.write("\n")
 
     @classmethod
     def from_dict(cls, values):
         """Build a config of this class from a dict as `to_dict` writes it; derived values are recomputed."""
-        overrides = {k: v for k, v in values.items() if k not in _DERIVED_ATTRS}
+        overrides = {k: v for k, v in values.items() if k not in _DERIVED_ATTRS and k != VALUE_SOURCES_KEY}
         for key in ("MINI_MASK_SHAPE", "RPN_ANCHOR_SCALES"):
             if key in overrides and isinstance(overrides[key], list):
                 overrides[key] = tuple(overrides[key])

@@ -1,20 +1,19 @@
 """Shared test fixtures: where the read-only real data in ../shared lives.
 
 Tests that need ../shared skip only when it is absent AND the CI variable is unset;
-in CI a missing ../shared is a failure, never a silent skip.
+in CI a missing ../shared is a failure, never a silent skip. The packages import as installed
+(`pip install -e .`) or from the checkout that `python -m pytest` runs in: no sys.path change.
 """
 import atexit
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
-sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -1,6 +1,6 @@
 """Helpers shared by the test modules: `from tests.helpers import ...` (fixtures stay in
-conftest.py, which also puts the checkout on sys.path so that this import works from any
-test and from the scripts in tests/).
+conftest.py). The README's test command, `python -m pytest`, runs from the checkout, which
+Python puts first on sys.path; the scripts in tests/ get it through PYTHONPATH (run_cli).
 
 - TINY, tiny_settings, tiny_config, tiny_task_config: the one small network of the tests
   (resnet18 at 64 px with small heads and ROI budgets: a training step well under a second
@@ -75,6 +75,15 @@ def tiny_task_config(task, synthetic=False, inference=False, **overrides):
 def set_args(settings):
     """['--set', 'KEY=JSON', ...] for a dict of settings (tuples become JSON lists)."""
     return [arg for key, value in settings.items() for arg in ("--set", f"{key}={json.dumps(value)}")]
+
+
+def script_env(**extra):
+    """The environment of a script in tests/ run in a fresh interpreter: the checkout and tests/
+    on PYTHONPATH (the scripts import the packages and the test modules), CPU only."""
+    path = os.pathsep.join([str(ROOT), str(ROOT / "tests")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    env = dict(os.environ, PYTHONPATH=path, CUDA_VISIBLE_DEVICES="")
+    env.update(extra)
+    return env
 
 
 def run_cli(*args, cwd=None, timeout=600):

@@ -1,7 +1,7 @@
 """One training step under MirroredStrategy on two logical CPU devices (GPU_COUNT=2), compared
 with the update of the mean gradient of the two replica batches, computed by a plain
 single-device copy of the model. Run as a script (logical devices must be configured before
-TensorFlow initialises them); prints one JSON line. Used by tests/test_training.py."""
+TensorFlow initialises them); prints one JSON line. Used by tests/test_training.py (PYTHONPATH from tests.helpers.script_env)."""
 import json
 import os
 import sys
@@ -15,8 +15,6 @@ tf.config.set_logical_device_configuration(cpus[0], [tf.config.LogicalDeviceConf
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from mrcnn.engine import trainer as training  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
 from test_training import BlobDataset  # noqa: E402

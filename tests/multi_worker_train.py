@@ -2,18 +2,17 @@
 trains the synthetic segmentation config (64 px) for 1 epoch of 2 steps through
 MaskRCNN.train, then writes its final weights and a summary outside the run folder.
 Each worker seeds Keras with its own index, so identical final weights mean the strategy
-synchronised them. Usage: multi_worker_train.py DATASET LOGS OUT.npz. Used by tests/test_training.py."""
+synchronised them. Usage: multi_worker_train.py DATASET LOGS OUT.npz. Used by tests/test_training.py (PYTHONPATH from tests.helpers.script_env)."""
 import json
 import os
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from isic.modes import runs  # noqa: E402
+from isic.modes import run_folders  # noqa: E402
 from mrcnn.engine import trainer as training  # noqa: E402
 from mrcnn.model import MaskRCNN  # noqa: E402
 from tests.helpers import tiny_task_config  # noqa: E402
@@ -25,8 +24,8 @@ def main(dataset_dir, logs, out):
     # The synthetic segmentation config with the tests' tiny network, 2 steps, no image cache.
     config = tiny_task_config("segmentation", synthetic=True, IMAGES_PER_GPU=1, STEPS_PER_EPOCH=2,
                               VALIDATION_STEPS=1, AUGMENTATION="none", IMAGE_CACHE=False)
-    train_set = runs.load_dataset("segmentation", dataset_dir, "train", config.SEED)
-    val_set = runs.load_dataset("segmentation", dataset_dir, "val", config.SEED)
+    train_set = run_folders.load_dataset("segmentation", dataset_dir, "train", config.SEED)
+    val_set = run_folders.load_dataset("segmentation", dataset_dir, "val", config.SEED)
     model = MaskRCNN("training", config, logs)
     strategy = model.keras_model.distribute_strategy
     history = model.train(train_set, val_set, learning_rate=0.01, epochs=1, layers="all", workers=0, verbose=0)

@@ -190,7 +190,7 @@ def scorer_numbers(task, dataset_root, pred_dir, ids, tmp_path):
         from isic_challenge_scoring import task2
         truth = tmp_path / "truth2"
         truth.mkdir()
-        for path in (dataset_root / layout.TASK2_GT_DIR.format(split=split)).glob("*.png"):
+        for path in (dataset_root / layout.task2_gt_dir(split)).glob("*.png"):
             if layout.isic_id(path.name) in ids:
                 shutil.copy(path, truth)
         result = task2.score(truth, pred_dir)

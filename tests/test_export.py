@@ -215,12 +215,12 @@ def test_predict_refuses_an_export_of_another_task(exported, tmp_path, capsys):
 
 
 def test_exported_model_cannot_be_trained_or_reexported(exported, tmp_path, capsys):
-    from isic.modes import runs
+    from isic.modes import run_folders
     from isic.errors import UserError
     folder = str(exported["runs"]["segmentation"]["dir"])
-    assert runs.resolve_weights(folder, "investigate", True, "segmentation", tmp_path) == pathlib.Path(folder)
+    assert run_folders.resolve_weights(folder, "investigate", True, "segmentation", tmp_path) == pathlib.Path(folder)
     with pytest.raises(UserError, match="needs an .h5 checkpoint"):
-        runs.resolve_weights(folder, "train", True, "segmentation", tmp_path)
+        run_folders.resolve_weights(folder, "train", True, "segmentation", tmp_path)
     assert lesions.main(["--mode", "export", "--dataset", "synthetic", "--weights", folder,
                          "--output", str(tmp_path / "out")]) == 2
     assert "needs an .h5 checkpoint" in capsys.readouterr().err

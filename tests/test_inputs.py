@@ -181,17 +181,18 @@ def test_conflicting_task3_duplicates_are_named(tiny_data, tmp_path, caplog):
 
 def test_prediction_and_truth_csvs_for_scoring_accept_a_bom_and_name_a_bad_line(tmp_path):
     """Issue 13 item 8 / issue 16 Build 4: the scoring readers (isic/outputs/submission.py) too."""
+    from isic.evaluation import submission_files
     from isic.outputs import submission
     rows = ["image," + ",".join(layout.DIAGNOSES), "ISIC_0000001," + ",".join(["1.0"] + ["0.0"] * 6),
             "ISIC_0000002," + ",".join(["0.0", "1.0"] + ["0.0"] * 5)]
     path = tmp_path / "pred.csv"
     path.write_bytes(b"\xef\xbb\xbf" + ("\n".join(rows) + "\n").encode())
-    assert list(submission.read_task3_csv(path).index) == ["ISIC_0000001", "ISIC_0000002"]
-    truth, _ = submission.read_task3_truth_csv(path)
+    assert list(submission_files.read_task3_csv(path).index) == ["ISIC_0000001", "ISIC_0000002"]
+    truth, _ = submission_files.read_task3_truth_csv(path)
     assert list(truth.index) == ["ISIC_0000001", "ISIC_0000002"]
     path.write_bytes(("\n".join(rows + ["ISIC_0000003_caf\xe9," + ",".join(["1.0"] + ["0.0"] * 6)])
                       + "\n").encode("latin-1"))
-    for reader in (submission.read_task3_csv, submission.read_task3_truth_csv):
+    for reader in (submission_files.read_task3_csv, submission_files.read_task3_truth_csv):
         with pytest.raises(submission.SubmissionError) as error:
             reader(path)
         assert f"{path} line 4" in str(error.value) and "not UTF-8" in str(error.value)
@@ -201,6 +202,7 @@ def test_training_and_scoring_read_the_task3_truth_through_one_reader(tiny_data,
     """Issue 25: the training loader and the scorer take the same rows from the same file; a
     repeated row is a warning for training and a refusal for scoring; weight columns of later
     ISIC releases are accepted by both."""
+    from isic.evaluation import submission_files
     from isic.outputs import submission
     root = copy_dataset(tiny_data, tmp_path / "data")
     path = task3_csv(root)
@@ -208,7 +210,7 @@ def test_training_and_scoring_read_the_task3_truth_through_one_reader(tiny_data,
     weighted = [lines[0] + ",score_weight"] + [f"{line},{0.5 + k}" for k, line in enumerate(lines[1:])]
     path.write_text("\n".join(weighted) + "\n")
     dataset = load("classification", root)
-    truth, weights = submission.read_task3_truth_csv(path)
+    truth, weights = submission_files.read_task3_truth_csv(path)
     trained = {info["id"]: info["diagnosis"] for info in dataset.image_info}
     assert trained and sorted(trained) == sorted(truth.index)
     assert all(truth.loc[i].idxmax() == diagnosis for i, diagnosis in trained.items())
@@ -222,4 +224,4 @@ def test_training_and_scoring_read_the_task3_truth_through_one_reader(tiny_data,
     assert any("repeats line 2" in r.getMessage() for r in caplog.records)
     first_id = weighted[1].split(",")[0]
     with pytest.raises(submission.SubmissionError, match=f"duplicate image rows: \\['{first_id}'\\]"):
-        submission.read_task3_truth_csv(path)
+        submission_files.read_task3_truth_csv(path)

@@ -42,7 +42,7 @@ from scipy import ndimage
 
 from isic import layout
 from isic.modes import investigate as investigation
-from isic.modes import runs
+from isic.modes import run_folders
 from isic.outputs import deliverables
 from isic.synthetic import generate_dataset
 from mrcnn import utils
@@ -84,7 +84,7 @@ class ContentDetector:
 
 
 def _sample_dataset(task, root):
-    return runs.load_dataset(task, root, "all", 42, limit=IMAGES)
+    return run_folders.load_dataset(task, root, "all", 42, limit=IMAGES)
 
 
 def investigate_report(task, root, out):
@@ -168,7 +168,7 @@ def expected_task1(root, pred_dir, ids):
 
 def expected_task2(root, pred_dir, ids):
     """{attribute: summed normalised (TP, FP, FN, TN)} over the images with a truth file."""
-    gt_dir = root / layout.TASK2_GT_DIR.format(split=SPLIT)
+    gt_dir = root / layout.task2_gt_dir(SPLIT)
     sums = {}
     for i in ids:
         for attribute in layout.ATTRIBUTES:

@@ -4,13 +4,15 @@ reported, small schedule/crop/batch rules, and no run folder is left by a failed
 import hashlib
 import json
 import logging
+import os
 import pathlib
+import shutil
 import sys
 
 import pytest
 
 import lesions
-from isic.modes import runs
+from isic.modes import run_folders
 from isic.data.datasets import ISICSegmentationDataset, split_ids
 from isic.errors import UserError
 from isic.synthetic import generate_dataset
@@ -112,7 +114,7 @@ def test_val_images_outside_the_runs_split_are_refused(data, first_run, tmp_path
     dataset.load_isic(data, subset="val", seed=42)
     dataset.prepare()
     with pytest.raises(UserError, match="not in the validation split"):
-        runs.check_run_split(copy / "mask_rcnn_segmentation_0001.h5", dataset, "val")
+        run_folders.check_run_split(copy / "mask_rcnn_segmentation_0001.h5", dataset, "val")
 
 
 # --- 2. a checkpoint of another task ---------------------------------------------------------
@@ -134,15 +136,15 @@ def test_run_config_for_compares_name_and_class_count(tmp_path):
     weights.write_bytes(b"")
     for task in ("attributes", "classification"):
         with pytest.raises(UserError, match=f"segmentation.*{task}|{task}.*segmentation"):
-            runs.run_config_for(weights, lesions.make_config(task, inference=True), task=task)
-    assert runs.run_config_for(weights, lesions.make_config("segmentation", inference=True),
+            run_folders.run_config_for(weights, lesions.make_config(task, inference=True), task=task)
+    assert run_folders.run_config_for(weights, lesions.make_config("segmentation", inference=True),
                                task="segmentation").NAME == "segmentation"
     # Without config.json, the checkpoint's file name still tells its task.
     bare = tmp_path / "bare" / "mask_rcnn_segmentation_0003.h5"
     bare.parent.mkdir()
     bare.write_bytes(b"")
     with pytest.raises(UserError, match="segmentation.*attributes|attributes.*segmentation"):
-        runs.run_config_for(bare, lesions.make_config("attributes", inference=True), task="attributes")
+        run_folders.run_config_for(bare, lesions.make_config("attributes", inference=True), task="attributes")
 
 
 # --- 4. run folders never collide; resuming appends ----------------------------------------
@@ -182,11 +184,11 @@ def test_one_finder_for_the_last_checkpoint(tmp_path):
              ).write_bytes(b"")
     want = tmp_path / "seg20261201T170509_10" / "mask_rcnn_seg_0001.h5"
     assert run_dirs.find_last(tmp_path, "seg") == want
-    assert runs.find_last_checkpoint(tmp_path, "seg") == want
+    assert run_folders.find_last_checkpoint(tmp_path, "seg") == want
     model = MaskRCNN.__new__(MaskRCNN)
     model.config, model.model_dir = Config(NAME="seg"), str(tmp_path)
     assert pathlib.Path(model.find_last()) == want
-    assert runs.find_last_checkpoint.__module__ == "isic.modes.runs"
+    assert run_folders.find_last_checkpoint.__module__ == "isic.modes.run_folders"
     with pytest.raises(FileNotFoundError):
         run_dirs.find_last(tmp_path / "nothing", "seg")
 
@@ -308,3 +310,58 @@ def test_hand_computed_metric_tests_run_without_the_official_scorer(monkeypatch)
     module.test_task2_normalisation_hand_computed()
     module.test_task3_confusion_matrix_hand_computed()
     module.test_map_perfect_predictions_score_one()
+
+
+# --- the run's config.json as a config file, and the runs table ------------------------------------
+
+def test_a_runs_config_json_given_back_reproduces_its_config(data, first_run):
+    from mrcnn.config import VALUE_SOURCES_KEY
+    _, run_dir = first_run
+    saved = json.loads((run_dir / "config.json").read_text())
+    sources = saved.pop(VALUE_SOURCES_KEY)
+    assert sources["SEED"] == "--seed" and sources["BACKBONE"] == "--set"
+    assert sources["STEPS_PER_EPOCH"] == "--steps-per-epoch" and sources["BATCH_SIZE"] == "derived"
+    assert sources["LEARNING_MOMENTUM"] == "SegmentationConfig default"
+    args = lesions.build_parser().parse_args(["--mode", "train", "--dataset", str(data),
+                                              "--config", str(run_dir / "config.json")])
+    config, _ = lesions.config_for(args)
+    rebuilt = json.loads(json.dumps(config.to_dict()))
+    assert rebuilt.keys() == saved.keys()
+    for key, value in saved.items():
+        assert rebuilt[key] == value, key
+    assert config.value_sources["SEED"] == f"config file {run_dir / 'config.json'}"
+
+
+def test_runs_table_lists_the_runs_with_their_history_and_last_score(first_run, tmp_path, capsys):
+    logs, run_dir = first_run
+    copy = tmp_path / "logs" / run_dir.name
+    shutil.copytree(run_dir, copy, ignore=shutil.ignore_patterns("*.h5", "investigate_*"))
+    (copy / "mask_rcnn_segmentation_0001.h5").write_bytes(b"")
+    (copy / "history.csv").write_text("epoch,loss,val_loss\n0,3.0,2.5\n1,2.0,1.5\n2,1.0,1.75\n")
+    for name, score, mtime in (("investigate_val", 0.5, 1_000_000), ("investigate_test", 0.625, 2_000_000)):
+        (copy / name).mkdir()
+        metrics = copy / name / "metrics.json"
+        metrics.write_text(json.dumps({"isic": {"overall": score}, "split": name.split("_")[1].title(),
+                                       "subset": "all"}))
+        os.utime(metrics, (mtime, mtime))
+    other = tmp_path / "logs" / "classification20200101T000000"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({**json.loads((copy / "config.json").read_text()),
+                                                   "NAME": "classification", "LEARNING_RATE": 0.5}))
+    assert lesions.main(["--mode", "runs", "--logs", str(tmp_path / "logs")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["run", "task", "started", "epochs"]
+    assert lines[2].startswith(run_dir.name) and lines[3].startswith(other.name)  # newest first
+    row = lines[2]
+    assert "1.5000 (2)" in row and "0.6250 test" in row and row.rstrip().endswith("none")
+    assert lesions.main(["--mode", "runs", "--logs", str(tmp_path / "logs"), "--task", "classification"]) == 0
+    assert run_dir.name not in capsys.readouterr().out
+
+    assert lesions.main(["--mode", "runs", "--logs", str(tmp_path / "logs"), "--compare", run_dir.name,
+                         str(other)]) == 0
+    out = capsys.readouterr().out
+    assert "2 Config value(s) differ" in out
+    assert any(line.split()[:3] == ["LEARNING_RATE", json.dumps(json.loads((copy / "config.json").read_text())
+                                                                  ["LEARNING_RATE"]), "0.5"] for line in out.splitlines())
+    assert any(line.split() == ["2", "2.0000", "1.5000", "-", "-"] for line in out.splitlines())
+    assert lesions.main(["--mode", "runs", "--compare", "nope", str(other)]) == 2

@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from isic import layout
+from isic.evaluation import submission_files
 from isic.outputs import submission
 
 
@@ -120,7 +121,7 @@ def test_task3_csv_header_rows_and_clipping(tmp_path):
     assert all(table[c].dtype == np.float64 for c in layout.DIAGNOSES)   # scorer needs floats
     assert [p.name for p in path.parent.iterdir()] == ["pred.csv"]
     # Our reader and the official scorer's parser both accept it.
-    ours = submission.read_task3_csv(path)
+    ours = submission_files.read_task3_csv(path)
     assert list(ours.columns) == list(layout.DIAGNOSES)
     scoring = pytest.importorskip("isic_challenge_scoring.load_csv")
     with path.open() as stream:
@@ -142,28 +143,28 @@ def test_task3_csv_errors(tmp_path):
         ("ISIC_1.jpg,0.1,0.1,0.1,0.1,0.1,0.1,0.1\nISIC_1,0.1,0.1,0.1,0.1,0.1,0.1,0.1\n", "duplicate"),
     ]:
         with pytest.raises(submission.SubmissionError, match=message):
-            submission.read_task3_csv(io.StringIO(header + body))
+            submission_files.read_task3_csv(io.StringIO(header + body))
     with pytest.raises(submission.SubmissionError, match="lacks columns"):
-        submission.read_task3_csv(io.StringIO("image,MEL\nISIC_1,0.1\nISIC_2,0.2\n"))
+        submission_files.read_task3_csv(io.StringIO("image,MEL\nISIC_1,0.1\nISIC_2,0.2\n"))
 
 
 def test_read_mask_rules(tmp_path):
     Image.new("1", (5, 4), 1).save(tmp_path / "one_bit.png")
-    mask = submission.read_mask(tmp_path / "one_bit.png")
+    mask = submission_files.read_mask(tmp_path / "one_bit.png")
     assert mask.shape == (4, 5) and mask.dtype == np.uint8 and (mask == 255).all()
     Image.new("RGB", (5, 4)).save(tmp_path / "rgb.png")
     with pytest.raises(submission.SubmissionError, match="not single-channel"):
-        submission.read_mask(tmp_path / "rgb.png")
+        submission_files.read_mask(tmp_path / "rgb.png")
     (tmp_path / "junk.png").write_bytes(b"not an image")
     with pytest.raises(submission.SubmissionError, match="junk.png is not an image file"):
-        submission.read_mask(tmp_path / "junk.png")
+        submission_files.read_mask(tmp_path / "junk.png")
     with pytest.raises(submission.SubmissionError, match="does not exist"):
-        submission.read_mask(tmp_path / "missing.png")
+        submission_files.read_mask(tmp_path / "missing.png")
     good = tmp_path / "good.png"
     Image.new("L", (40, 30)).save(good)
     (tmp_path / "truncated.png").write_bytes(good.read_bytes()[:-30])
     with pytest.raises(submission.SubmissionError, match="truncated.png"):
-        submission.read_mask(tmp_path / "truncated.png")
+        submission_files.read_mask(tmp_path / "truncated.png")
 
 
 def test_match_mask_files_pairs_by_number_and_attribute(tmp_path):
@@ -172,10 +173,10 @@ def test_match_mask_files_pairs_by_number_and_attribute(tmp_path):
         submission.write_task2_masks(truth, image_id, {}, shape=(3, 3))
         submission.write_task2_masks(pred, image_id.replace("ISIC_", "pred_"), {}, shape=(3, 3))
     (truth / "ATTRIBUTION.txt").write_text("skipped")
-    pairs = submission.match_mask_files(truth, pred)
+    pairs = submission_files.match_mask_files(truth, pred)
     assert len(pairs) == 10
     for image_id, attribute, truth_path, pred_path in pairs:
         assert image_id[5:] in pred_path.stem and attribute in pred_path.stem
         assert truth_path.name == layout.attribute_name(image_id, attribute)
     with pytest.raises(submission.SubmissionError, match="does not exist"):
-        submission.match_mask_files(tmp_path / "nope", pred)
+        submission_files.match_mask_files(tmp_path / "nope", pred)

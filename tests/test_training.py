@@ -21,7 +21,7 @@ from mrcnn import utils
 from mrcnn.engine import trainer as training
 from mrcnn.config import LOSS_NAMES, Config
 from mrcnn.model import MaskRCNN
-from tests.helpers import set_args, tiny_config, tiny_settings
+from tests.helpers import script_env, set_args, tiny_config, tiny_settings
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LOGGED = ("loss",) + LOSS_NAMES
@@ -272,7 +272,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(tmp_path):
 
 def test_mirrored_strategy_two_replicas_combine_gradients():
     out = subprocess.run([sys.executable, str(ROOT / "tests" / "mirrored_step.py"), "/tmp/mirrored_logs_unused"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=script_env())
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["replicas"] == 2
@@ -320,7 +320,7 @@ def test_multi_worker_two_processes_end_identical_and_only_the_chief_writes(synt
     procs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="")
+        env = script_env(TF_CONFIG=json.dumps(tf_config))
         args = [sys.executable, str(ROOT / "tests" / "multi_worker_train.py"), str(synthetic_folder),
                 str(tmp_path / f"logs{index}"), str(tmp_path / f"weights{index}.npz")]
         procs.append(subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

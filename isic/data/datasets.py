@@ -268,7 +268,7 @@ class ISICDataset(utils.Dataset):
         ids = [isic_id for isic_id, _ in candidates]
         groups = [self._lesion_id(i) or i for i in ids] if self.metadata else None
         train_ids, val_ids = split_ids(ids, groups, val_fraction, seed)
-        # What a run records of its split (isic.modes.runs.write_split).
+        # What a run records of its split (isic.modes.run_folders.write_split).
         self.split_seed, self.val_fraction, self.split_val_ids = seed, val_fraction, list(val_ids)
         chosen = {"train": set(train_ids), "val": set(val_ids), "all": set(ids)}[subset]
         selected = [(i, item) for i, item in candidates if i in chosen]
@@ -323,8 +323,8 @@ class ISICDataset(utils.Dataset):
         for path, what in self._required_dirs(root, split):
             if not path.exists():
                 raise DatasetError(
-                    f"{path} not found: the {self.TASK} task needs {what} "
-                    f"in the official ISIC 2018 layout; download it from {DATA_URL}")
+                    f"{path} not found: the {self.TASK} task needs {what} of the {split} split "
+                    f"in the official ISIC 2018 layout (isic2018/README.md); download it from {DATA_URL}")
 
     def _lesion_id(self, isic_id):
         return self.metadata.get(isic_id, {}).get("lesion_id")
@@ -495,11 +495,11 @@ class ISICAttributesDataset(_Task12Dataset):
                 (self._gt_dir(root, split), "the attribute masks")]
 
     def _gt_dir(self, root, split):
-        return root / layout.TASK2_GT_DIR.format(split=split)
+        return root / layout.task2_gt_dir(split)
 
     def _validate(self, isic_id, item):
         height, width = check_image(item["image_path"])
-        gt_dir = self.root / layout.TASK2_GT_DIR.format(split=self.split)
+        gt_dir = self.root / layout.task2_gt_dir(self.split)
         mask_paths, present, missing = {}, [], []
         for attribute in layout.ATTRIBUTES:
             path = gt_dir / layout.attribute_name(isic_id, attribute)
@@ -515,7 +515,7 @@ class ISICAttributesDataset(_Task12Dataset):
                 "missing_attributes": [a for _, a in missing], "diagnosis": meta.get("dx")}
 
     def _record(self, isic_id, extras):
-        gt_dir = self.root / layout.TASK2_GT_DIR.format(split=self.split)
+        gt_dir = self.root / layout.task2_gt_dir(self.split)
         for attribute in extras["missing_attributes"]:
             self.missing_masks.append((str(gt_dir / layout.attribute_name(isic_id, attribute)),
                                        f"missing {attribute} mask, treated as empty"))

@@ -20,9 +20,10 @@ import sklearn.metrics
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tqdm import tqdm
 
 from isic import layout
-from isic.outputs import submission
+from isic.evaluation import submission_files
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ def threshold_jaccard(j, threshold=JACCARD_THRESHOLD):
 
 # --------------------------------------------------------------------------- Task 1
 
+def _scoring_progress(pairs):
+    """A progress bar over (truth, prediction) file pairs when there are many."""
+    return tqdm(pairs, desc="scoring", unit="mask", leave=False, disable=len(pairs) < 50)
+
+
 def segmentation_record(truth, pred):
     """Per-image Task 1 metrics: accuracy, sensitivity, specificity, jaccard,
     threshold_jaccard, dice."""
@@ -172,11 +178,11 @@ def score_task1_folders(truth_dir, pred_dir):
 
     Every truth file (except ATTRIBUTION.txt/LICENSE.txt) must name an ISIC_<7 digits> id;
     its prediction is the single file whose stem contains those digits; both must be
-    single-channel images of the same HxW. Raises submission.SubmissionError otherwise.
+    single-channel images of the same HxW. Raises submission_files.SubmissionError otherwise.
     """
     per_image = {}
-    for image_id, _, truth_path, pred_path in submission.match_mask_files(truth_dir, pred_dir):
-        truth, pred = submission.read_mask_pair(truth_path, pred_path)
+    for image_id, _, truth_path, pred_path in _scoring_progress(submission_files.match_mask_files(truth_dir, pred_dir)):
+        truth, pred = submission_files.read_mask_pair(truth_path, pred_path)
         per_image[image_id] = segmentation_record(truth > 128, pred > 128)
     return summarise_task1(per_image)
 
@@ -254,11 +260,12 @@ def score_task2_folders(truth_dir, pred_dir):
     attributes that were scored, which is what the scorer returns for the same folders.
     """
     normalized = {}
-    for image_id, attribute, truth_path, pred_path in submission.match_mask_files(truth_dir, pred_dir):
+    for image_id, attribute, truth_path, pred_path in _scoring_progress(
+            submission_files.match_mask_files(truth_dir, pred_dir)):
         if attribute is None:
-            raise submission.SubmissionError(
+            raise submission_files.SubmissionError(
                 f"{truth_path.name} is not a Task 2 file (no 'attribute_<name>' in its name)")
-        truth, pred = submission.read_mask_pair(truth_path, pred_path)
+        truth, pred = submission_files.read_mask_pair(truth_path, pred_path)
         normalized[(attribute, image_id)] = normalized_confusion(truth > 128, pred > 128)
     result = summarise_task2(normalized)
     if result["attributes_missing"]:
@@ -446,15 +453,15 @@ def _score_task3_frames(truth, pred, weights, categories):
 
 def score_task3_files(truth_csv, pred_csv):
     """Task 3 score of a submission CSV against the ground-truth CSV (official CSV rules)."""
-    truth, weights = submission.read_task3_truth_csv(truth_csv)
+    truth, weights = submission_files.read_task3_truth_csv(truth_csv)
     categories = list(truth.columns)
-    pred = submission.read_task3_csv(pred_csv, categories)
+    pred = submission_files.read_task3_csv(pred_csv, categories)
     missing = truth.index.difference(pred.index).tolist()
     extra = pred.index.difference(truth.index).tolist()
     if missing:
-        raise submission.SubmissionError(f"Task 3 CSV lacks images {missing[:10]}")
+        raise submission_files.SubmissionError(f"Task 3 CSV lacks images {missing[:10]}")
     if extra:
-        raise submission.SubmissionError(f"Task 3 CSV has images not in the truth {extra[:10]}")
+        raise submission_files.SubmissionError(f"Task 3 CSV has images not in the truth {extra[:10]}")
     return _score_task3_frames(truth, pred, weights, categories)
 
 

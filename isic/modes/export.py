@@ -25,7 +25,7 @@ import numpy as np
 
 from isic import layout
 from isic.errors import UserError
-from isic.modes import runs
+from isic.modes import run_folders
 from isic.outputs import deliverables
 from mrcnn.io import atomic, download
 
@@ -260,10 +260,10 @@ def run(args, config, overrides=()):
                         "(use square, pad64 or none)")
     check_output_dir(args.output, bool(getattr(args, "overwrite", False)))  # before any model work
     synthetic = args.dataset == "synthetic"
-    weights = runs.resolve_weights(args.weights, "export", synthetic, args.task, args.logs)
-    config = runs.run_config_for(weights, config, overrides)
+    weights = run_folders.resolve_weights(args.weights, "export", synthetic, args.task, args.logs)
+    config = run_folders.run_config_for(weights, config, overrides)
     config = type(config).from_dict(dict(config.to_dict(), IMAGES_PER_GPU=1, GPU_COUNT=1))  # one image per call
-    model = runs.load_inference_model(config, weights, args.logs)
+    model = run_folders.load_inference_model(config, weights, args.logs)
     images = check_images(getattr(args, "image", None), seed=int(config.SEED))
     card = export_model(model, args.task, args.output, weights, images,
                         overwrite=bool(getattr(args, "overwrite", False)))

@@ -1,6 +1,10 @@
 """Investigate mode: score a trained model on a dataset split the way the ISIC challenge
 scores it, and leave what a researcher wants to look at.
 
+The split is an official one (--split training|validation|test): on the training split the
+run's own train/val carving applies (--subset, default val); the validation and test splits
+are scored whole, and metrics.json and report.md say which split was scored.
+
 Writes to the output folder:
   predictions/   the task's ISIC submission files for every scored image (those of an
                  earlier run are removed first)
@@ -18,8 +22,9 @@ import numpy as np
 from tqdm import tqdm
 
 from isic import layout
+from isic.errors import UserError
 from isic.evaluation import metrics
-from isic.modes import runs
+from isic.modes import run_folders
 from isic.outputs import deliverables, refinement
 from mrcnn import utils, visualize
 from mrcnn.evaluation.ap import average_precision
@@ -95,22 +100,45 @@ def clear_previous_predictions(pred_dir):
                     ", ".join(others[:5]) + (" ..." if len(others) > 5 else ""))
 
 
+def split_and_subset(args):
+    """(official split, subset) to score: --split (default training) and --subset (default val on
+    the training split, whose train/val carving is the run's; the validation and test splits are
+    scored whole)."""
+    split = layout.SPLIT_OPTIONS[getattr(args, "split", None) or "training"]
+    subset = getattr(args, "subset", None)
+    if split == "Training":
+        return split, subset or "val"
+    if subset not in (None, "all"):
+        raise UserError(f"--subset {subset} carves the training split; the {split.lower()} split is scored whole "
+                        f"(drop --subset)")
+    return split, "all"
+
+
+def default_output_dir(weights, logs, task, split, subset):
+    """investigate_<subset> (training split) or investigate_<split> beside the checkpoint."""
+    name = f"investigate_{subset}" if split == "Training" else f"investigate_{split.lower()}"
+    if isinstance(weights, pathlib.Path):
+        return weights.parent / name
+    return pathlib.Path(logs) / f"investigate_{task}_{name.split('_', 1)[1]}"
+
+
 def run(args, config, overrides=()):
-    runs.check_dataset_dir(args.dataset)
-    weights = runs.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
-                                   args.logs)
-    config = runs.run_config_for(weights, config, overrides)
-    split_seed = runs.run_split_seed(weights, config, overrides, args.subset)
-    dataset_dir = runs.resolve_dataset_dir(args.dataset, split_seed)
-    dataset = runs.load_dataset(args.task, dataset_dir, args.subset, split_seed, args.limit)
-    runs.check_run_split(weights, dataset, args.subset)
-    if args.output:
-        out_dir = pathlib.Path(args.output)
-    elif isinstance(weights, pathlib.Path):
-        out_dir = weights.parent / f"investigate_{args.subset}"
+    split, subset = split_and_subset(args)
+    run_folders.check_dataset_dir(args.dataset)
+    weights = run_folders.resolve_weights(args.weights, "investigate", args.dataset == "synthetic", args.task,
+                                          args.logs)
+    config = run_folders.run_config_for(weights, config, overrides)
+    if split == "Training":
+        split_seed = run_folders.run_split_seed(weights, config, overrides, subset)
     else:
-        out_dir = pathlib.Path(args.logs) / f"investigate_{args.task}_{args.subset}"
-    model = runs.load_inference_model(config, weights, args.logs)
+        split_seed = config.SPLIT_SEED  # no carving: the run never saw the validation or test images
+    dataset_dir = run_folders.resolve_dataset_dir(args.dataset, split_seed)
+    dataset = run_folders.load_dataset(args.task, dataset_dir, subset, split_seed, args.limit, split=split)
+    if split == "Training":
+        run_folders.check_run_split(weights, dataset, subset)
+    out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs, args.task,
+                                                                                split, subset)
+    model = run_folders.load_inference_model(config, weights, args.logs)
     pred_dir, fig_dir = out_dir / "predictions", out_dir / "figures"
     clear_previous_predictions(pred_dir)
     pred_dir.mkdir(parents=True, exist_ok=True)
@@ -118,10 +146,12 @@ def run(args, config, overrides=()):
     report = investigate(model, dataset, args.task, pred_dir, fig_dir)
     report["weights"] = str(weights)
     report["dataset"] = str(dataset_dir)
-    report["subset"] = args.subset
+    report["split"] = split
+    report["subset"] = subset
     atomic.write_json(out_dir / "metrics.json", report)
     write_report(out_dir / "report.md", report, args.task)
-    print(f"{headline(report, args.task)}\nWrote metrics.json, report.md, predictions/ and figures/ to {out_dir}")
+    print(f"{headline(report, args.task)} ({split} split, subset {subset})\n"
+          f"Wrote metrics.json, report.md, predictions/ and figures/ to {out_dir}")
     return 0
 
 
@@ -272,7 +302,8 @@ def write_report(path, report, task):
     isic = report["isic"]
     lines = [f"# Investigation: {task}", "",
              f"- weights: `{report['weights']}`",
-             f"- dataset: `{report['dataset']}` (subset `{report['subset']}`, {report['num_images']} images)",
+             f"- dataset: `{report['dataset']}`, {report.get('split', 'Training')} split "
+             f"(subset `{report['subset']}`, {report['num_images']} images)",
              f"- **{headline(report, task)}**", ""]
     if task == "segmentation":
         lines += ["| metric (mean over images) | value |", "|---|---|"]

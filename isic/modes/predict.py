@@ -22,7 +22,7 @@ from tqdm import tqdm
 from isic import layout
 from isic.data import images
 from isic.errors import UserError
-from isic.modes import preflight, runs
+from isic.modes import preflight, run_folders
 from isic.outputs import deliverables, refinement, submission
 from mrcnn import visualize
 from mrcnn.data import resize
@@ -185,13 +185,27 @@ def check_resizable(path, shape, config):
             f"{config.IMAGE_MAX_DIM} its short side would be under two pixels, so there is nothing to detect")
 
 
+def split_input_folder(args, config):
+    """Without --image, --split names the input images: that split's input folder of --dataset."""
+    split = getattr(args, "split", None)
+    if not split:
+        return None
+    run_folders.check_dataset_dir(args.dataset)
+    root = run_folders.resolve_dataset_dir(args.dataset, config.SPLIT_SEED)
+    folder = root / layout.input_dir(args.task, layout.SPLIT_OPTIONS[split])
+    if not folder.is_dir():
+        raise UserError(f"{folder} not found: the {args.task} task's {split} input images in the official ISIC 2018 "
+                        f"layout (isic2018/README.md); download them from {layout.DATA_URL}")
+    return str(folder)
+
+
 def run(args, config, overrides=()):
     synthetic = args.dataset == "synthetic"
     overwrite = getattr(args, "overwrite", False)
     max_side = None if getattr(args, "full_size_overlays", False) else OVERLAY_MAX_SIDE
-    inputs = list_inputs(args.image)
-    weights = runs.resolve_weights(args.weights, "predict", synthetic, args.task, args.logs)
-    runs.check_inference_weights(weights)
+    inputs = list_inputs(args.image or split_input_folder(args, config))
+    weights = run_folders.resolve_weights(args.weights, "predict", synthetic, args.task, args.logs)
+    run_folders.check_inference_weights(weights)
     out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs)
     preflight.check_writable_folder(out_dir, "--output")
     readable, skipped = check_inputs(inputs)
@@ -205,8 +219,8 @@ def run(args, config, overrides=()):
 
     new = {}
     if todo:
-        config = runs.run_config_for(weights, config, overrides)
-        model = runs.load_inference_model(config, weights, args.logs)
+        config = run_folders.run_config_for(weights, config, overrides)
+        model = run_folders.load_inference_model(config, weights, args.logs)
         for path in tqdm(todo, desc="predict", unit="img", disable=len(todo) < 2):
             try:
                 image = images.read_rgb(path)

@@ -26,9 +26,9 @@ def weights_mismatch_message(error, args):
         what = f"layer {error.layer} has another number of weights in the file"
     choice = args.weights or ("last" if args.mode != "train" else "coco")
     if choice == "last":
-        from isic.modes import runs
+        from isic.modes import run_folders
         try:
-            path = runs.find_last_checkpoint(args.logs, args.task)
+            path = run_folders.find_last_checkpoint(args.logs, args.task)
         except UserError:
             return None
     else:

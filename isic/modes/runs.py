@@ -1,248 +1,200 @@
-"""Run folders, weights choices and the inference model, shared by the three modes.
+"""Runs mode: the runs of a logs folder as a table, and two runs side by side.
 
-A run folder is `logs/<task><YYYYmmddTHHMMSS>/` (`_2`, `_3`, ... when taken; see
-mrcnn/io/run_dirs.py) with `config.json`, `split.json` (the split seed and the validation image
-ids the run held out) and checkpoints `mask_rcnn_<task>_<epoch:04d>.h5` (Matterport's
-naming). Investigate and predict rebuild the model from the `config.json` beside the
-checkpoint, so the architecture always matches the weights, and refuse a checkpoint of
-another task.
+    python lesions.py --mode runs [--logs DIR] [--task T]
+    python lesions.py --mode runs --compare RUN_A RUN_B
+
+A run folder (isic/modes/run_folders.py) holds config.json, run.json (when training started, from
+which weights, the command), history.csv (one row per finished epoch, Keras' 0-based epoch
+index), checkpoints and the investigate_*/ folders with their metrics.json. The table reads
+only those files: no TensorFlow, nothing written.
 """
-import hashlib
+import csv
+import datetime
 import json
-import logging
+import math
 import pathlib
 
 from isic import layout
 from isic.errors import UserError
-from mrcnn.config import HEAD_LAYERS
-from mrcnn.io import atomic, run_dirs
-from mrcnn.io.weights_file import CARD_NAME, is_exported_model
+from isic.modes.run_folders import RUN_RECORD
+from mrcnn.config import VALUE_SOURCES_KEY
+from mrcnn.io import run_dirs
 
-log = logging.getLogger(__name__)
-
-WEIGHT_CHOICES = ("coco", "imagenet", "last", "none")
-CHECKPOINT_RE = run_dirs.CHECKPOINT_RE
-SPLIT_FILE = "split.json"
-# Matterport's class-dependent heads: excluded when COCO weights meet another class count.
-COCO_HEADS = list(HEAD_LAYERS)
+COLUMNS = ("run", "task", "started", "epochs", "best val loss (epoch)", "last investigate", "weights")
 
 
-def default_weights(mode, synthetic):
-    """coco for train on real data (the heads are retrained), none for train on synthetic
-    (trains from scratch in minutes), last otherwise."""
-    if mode == "train":
-        return "none" if synthetic else "coco"
-    return "last"
-
-
-def find_last_checkpoint(logs_dir, name):
-    """The newest checkpoint of the newest run folder of `name` under `logs_dir`."""
+def _read_json(path):
     try:
-        return run_dirs.find_last(logs_dir, name)
-    except FileNotFoundError:
-        raise UserError(f"no '{name}' checkpoint under {logs_dir}: train first "
-                        f"(python lesions.py --mode train --task {name}) or pass --weights PATH") from None
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+        return value if isinstance(value, dict) else None
+    except (OSError, ValueError):
+        return None
 
 
-def resolve_weights(choice, mode, synthetic, task, logs_dir):
-    """Turn --weights into 'coco' | 'imagenet' | 'none' | an existing .h5 path."""
-    choice = choice or default_weights(mode, synthetic)
-    if choice in ("coco", "imagenet", "none"):
-        return choice
-    if choice == "last":
-        return find_last_checkpoint(logs_dir, task)
-    path = pathlib.Path(choice).expanduser()
-    if path.is_dir() and is_exported_model(path):
-        if mode in ("predict", "investigate"):
+def read_history(run_dir):
+    """[{column: float}] of a run's history.csv, one per finished epoch, with 'epoch' 1-based
+    (the checkpoint's number); [] when there is none."""
+    path = pathlib.Path(run_dir) / "history.csv"
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        for row in csv.DictReader(f):
+            values = {}
+            for key, text in row.items():
+                try:
+                    values[key] = float(text)
+                except (TypeError, ValueError):
+                    continue
+            if "epoch" in values:
+                values["epoch"] = int(values["epoch"]) + 1
+                rows.append(values)
+    return rows
+
+
+def run_task(run_dir):
+    """The task of a run folder: its config.json's NAME, else the task its folder name starts with."""
+    config = _read_json(pathlib.Path(run_dir) / "config.json") or {}
+    if config.get("NAME") in layout.TASKS:
+        return config["NAME"]
+    return next((t for t in layout.TASKS if run_dirs.run_dir_key(pathlib.Path(run_dir).name, t)), None)
+
+
+def last_investigation(run_dir):
+    """(overall score, split, subset, folder name) of the newest investigate_* metrics.json, or None."""
+    found = []
+    for path in pathlib.Path(run_dir).glob("investigate_*/metrics.json"):
+        report = _read_json(path)
+        if report and isinstance(report.get("isic"), dict) and "overall" in report["isic"]:
+            found.append((path.stat().st_mtime, report, path.parent.name))
+    if not found:
+        return None
+    _, report, folder = max(found, key=lambda item: item[0])
+    return float(report["isic"]["overall"]), report.get("split", "Training"), report.get("subset"), folder
+
+
+def run_summary(run_dir):
+    """One row of the table as a dict (None values where a file is missing)."""
+    run_dir = pathlib.Path(run_dir)
+    task = run_task(run_dir)
+    record = _read_json(run_dir / RUN_RECORD) or {}
+    history = read_history(run_dir)
+    checkpoints = run_dirs.run_checkpoints(run_dir, task) if task else []
+    epochs = max([int(run_dirs.CHECKPOINT_RE.match(p.name).group("epoch")) for p in checkpoints], default=0)
+    with_val = [r for r in history if math.isfinite(r.get("val_loss", math.nan))]
+    best = min(with_val, key=lambda r: r["val_loss"]) if with_val else None
+    started = record.get("started")
+    if started is None and task:
+        key = run_dirs.run_dir_key(run_dir.name, task)
+        if key:
+            started = datetime.datetime.strptime(key[0], run_dirs.STAMP_FORMAT).isoformat(timespec="seconds")
+    return {"run": run_dir.name, "path": str(run_dir), "task": task, "started": started, "epochs": epochs,
+            "best_val_loss": best["val_loss"] if best else None, "best_epoch": best["epoch"] if best else None,
+            "investigate": last_investigation(run_dir), "weights": record.get("weights")}
+
+
+def find_runs(logs_dir, task=None):
+    """Run folders under `logs_dir` (of `task`, or of every task), newest first."""
+    logs_dir = pathlib.Path(logs_dir)
+    if not logs_dir.is_dir():
+        raise UserError(f"--logs {logs_dir}: no such folder (training writes its run folders there)")
+    found = []
+    for path in logs_dir.iterdir():
+        if not path.is_dir():
+            continue
+        for name in ([task] if task else layout.TASKS):
+            key = run_dirs.run_dir_key(path.name, name)
+            if key is not None:
+                found.append((key, path))
+                break
+    return [p for _, p in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def _cell(summary, column):
+    if column == "run":
+        return summary["run"]
+    if column == "task":
+        return summary["task"] or "?"
+    if column == "started":
+        return (summary["started"] or "?").replace("T", " ")
+    if column == "epochs":
+        return str(summary["epochs"])
+    if column == "best val loss (epoch)":
+        loss = summary["best_val_loss"]
+        return "-" if loss is None else f"{loss:.4f} ({summary['best_epoch']})"
+    if column == "last investigate":
+        found = summary["investigate"]
+        if not found:
+            return "-"
+        score, split, subset, _ = found
+        return f"{score:.4f} {split.lower()}" + (f"/{subset}" if split == "Training" and subset else "")
+    return summary["weights"] or "?"
+
+
+def format_table(rows, columns):
+    """A plain-text table with aligned columns."""
+    widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def resolve_run(text, logs_dir):
+    """A run folder given as a path or as a folder name under --logs."""
+    for path in (pathlib.Path(text).expanduser(), pathlib.Path(logs_dir) / text):
+        if path.is_dir() and (path / "config.json").is_file():
             return path
-        raise UserError(f"--weights {choice}: an exported model (SavedModel) can only predict or investigate; "
-                        f"--mode {mode} needs an .h5 checkpoint (the card names its source_checkpoint)")
-    if not path.is_file():
-        raise UserError(f"--weights {choice}: no such file (expected coco, imagenet, last, none, "
-                        f"a path to an .h5 weights file or a folder written by --mode export)")
-    return path
+    raise UserError(f"--compare {text}: not a run folder (a folder with a config.json, as a path or a name under "
+                    f"{logs_dir})")
 
 
-def _saved_config(weights_path):
-    """The dict in the config.json beside a checkpoint, or None."""
-    saved = pathlib.Path(weights_path).parent / "config.json"
-    if not saved.is_file():
-        return None
-    with open(saved, encoding="utf-8") as f:
-        return json.load(f)
+def config_differences(run_a, run_b):
+    """[(attribute, value in A, value in B)] of the Config values that differ (sources aside)."""
+    a = _read_json(run_a / "config.json") or {}
+    b = _read_json(run_b / "config.json") or {}
+    keys = sorted((set(a) | set(b)) - {VALUE_SOURCES_KEY})
+    return [(k, a.get(k, "(absent)"), b.get(k, "(absent)")) for k in keys if a.get(k, "(absent)") != b.get(k, "(absent)")]
 
 
-def check_task(weights_path, config, task=None):
-    """Refuse a checkpoint trained for another task than `task` (default config.NAME): its
-    config.json's NAME/NUM_CLASSES, or the task in its file name when it has no config.json."""
-    task = task or config.NAME
-    saved = _saved_config(weights_path)
-    m = CHECKPOINT_RE.search(pathlib.Path(weights_path).name)
-    if saved is not None:
-        name, classes = saved.get("NAME"), saved.get("NUM_CLASSES")
-    elif m:
-        name, classes = m.group("name"), config.NUM_CLASSES if m.group("name") == config.NAME else None
+def compare(run_a, run_b):
+    """The text of --compare: differing Config values, then the two histories by epoch."""
+    lines = [f"A: {run_a}", f"B: {run_b}", ""]
+    differences = config_differences(run_a, run_b)
+    if differences:
+        rows = [[k, json.dumps(va), json.dumps(vb)] for k, va, vb in differences]
+        lines += [f"{len(differences)} Config value(s) differ:", format_table(rows, ("attribute", "A", "B"))]
     else:
-        return
-    if name != config.NAME or classes != config.NUM_CLASSES:
-        found = f"'{name}' model" + (f" (NUM_CLASSES {classes})" if classes is not None else "")
-        raise UserError(f"--weights {weights_path} is a {found} but --task {task} needs a '{config.NAME}' model "
-                        f"(NUM_CLASSES {config.NUM_CLASSES}); pass --task {name} or a {task} checkpoint")
+        lines.append("The Config values are the same.")
+    history_a = {r["epoch"]: r for r in read_history(run_a)}
+    history_b = {r["epoch"]: r for r in read_history(run_b)}
+    epochs = sorted(set(history_a) | set(history_b))
+
+    def value(row, key):
+        return "-" if row is None or key not in row else f"{row[key]:.4f}"
+
+    rows = [[str(e), value(history_a.get(e), "loss"), value(history_a.get(e), "val_loss"),
+             value(history_b.get(e), "loss"), value(history_b.get(e), "val_loss")] for e in epochs]
+    lines += ["", "History (loss, validation loss):" if rows else "No history.csv in either run."]
+    if rows:
+        lines.append(format_table(rows, ("epoch", "A loss", "A val loss", "B loss", "B val loss")))
+    for name, run in (("A", run_a), ("B", run_b)):
+        found = last_investigation(run)
+        if found:
+            lines.append(f"{name} last investigate ({found[3]}): {found[0]:.4f} on the {found[1]} split")
+    return "\n".join(lines)
 
 
-def run_config_for(weights_path, config, overrides=(), task=None):
-    """The config saved beside a checkpoint, so the model matches its weights, with one
-    image per batch for inference and the user's --set/--seed values on top; `config`
-    itself when the checkpoint has no config.json. A checkpoint of another task is refused."""
-    if not isinstance(weights_path, pathlib.Path):
-        return config
-    if is_exported_model(weights_path):
-        return exported_config(weights_path, config, overrides)
-    check_task(weights_path, config, task)
-    saved = _saved_config(weights_path)
-    if saved is None:
-        return config
-    values = type(config).from_dict(saved).to_dict()
-    if "SPLIT_SEED" not in saved and "SEED" in saved and hasattr(config, "SPLIT_SEED"):
-        values["SPLIT_SEED"] = saved["SEED"]  # runs from before SPLIT_SEED split with SEED
-    values.update(GPU_COUNT=1, IMAGES_PER_GPU=1)
-    values.update(dict(overrides))
-    log.info("Using the training config saved with the weights: %s", pathlib.Path(weights_path).parent / "config.json")
-    return type(config).from_dict(values)
-
-
-############################################################
-#  The run's train/val split
-############################################################
-
-def ids_digest(ids):
-    """SHA-256 of the ids joined by newlines (a short fingerprint of a split)."""
-    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
-
-
-def write_split(run_dir, dataset_dir, train_set, val_set):
-    """Write `split.json` into a run folder (once: a resumed run keeps the one it has): the split
-    seed, the validation fraction and the validation ids the split held out."""
-    path = pathlib.Path(run_dir) / SPLIT_FILE
-    if path.exists():
-        return path
-    val_ids = list(val_set.split_val_ids)
-    record = {"split_seed": int(val_set.split_seed), "val_fraction": float(val_set.val_fraction),
-              "dataset": str(dataset_dir), "split": val_set.split,
-              "train_images_used": train_set.num_images, "val_images_used": val_set.num_images,
-              "val_ids_sha256": ids_digest(val_ids), "val_ids": val_ids}
-    atomic.write_json(path, record)
-    return path
-
-
-def read_split(weights_path):
-    """The run's split.json beside a checkpoint as a dict, or None."""
-    if not isinstance(weights_path, pathlib.Path):
-        return None
-    path = weights_path.parent / SPLIT_FILE
-    if not path.is_file():
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def run_split_seed(weights_path, config, overrides, subset):
-    """The split seed to load `subset` with: the run's own (split.json, else its config.json)
-    for a trained run; asking for another one is refused unless every image is scored
-    (--subset all), since the other split's 'val' holds images the run trained on."""
-    asked = dict(overrides).get("SPLIT_SEED")
-    split = read_split(weights_path)
-    saved = _saved_config(weights_path) if isinstance(weights_path, pathlib.Path) else None
-    if split is not None:
-        recorded = split["split_seed"]
-    elif saved is not None:
-        recorded = saved.get("SPLIT_SEED", saved.get("SEED"))
-    else:
-        recorded = None
-    if recorded is None or (asked is not None and subset == "all"):
-        return config.SPLIT_SEED
-    if asked is not None and asked != recorded:
-        raise UserError(f"--split-seed {asked}: {weights_path} was trained on the split of seed {recorded}, so "
-                        f"the '{subset}' images of seed {asked} include images it trained on; drop --split-seed "
-                        f"to use the run's own split, or score every image with --subset all")
-    return recorded
-
-
-def check_run_split(weights_path, dataset, subset):
-    """Refuse to score as 'val' images that the run's split.json does not list as held out."""
-    split = read_split(weights_path)
-    if split is None or subset != "val":
-        return
-    held_out = set(split["val_ids"])
-    outside = [info["id"] for info in dataset.image_info if info["id"] not in held_out]
-    if outside:
-        raise UserError(f"{len(outside)} of the {dataset.num_images} 'val' images (first: {outside[0]}) are not in "
-                        f"the validation split recorded in {weights_path.parent / SPLIT_FILE}: the run may have "
-                        f"trained on them; use --subset all to score every image")
-
-
-def exported_config(directory, config, overrides=()):
-    """The Config recorded in an exported model's card (the post-processing settings that
-    predict applies on top of it), with --set values on top."""
-    import json
-    card = json.loads((pathlib.Path(directory) / CARD_NAME).read_text())
-    task = type(config).NAME
-    if card.get("task") != task:
-        raise UserError(f"--weights {directory}: exported for task {card.get('task')!r}, not {task!r} "
-                        f"(pass --task {card.get('task')})")
-    values = dict(card["config"])
-    values.update(dict(overrides))
-    log.info("Using the config recorded in the exported model's card: %s", directory)
-    return type(config).from_dict(values)
-
-
-def check_inference_weights(weights):
-    """Refuse, before the model is built, weights that have no heads for an ISIC task."""
-    if weights in ("coco", "imagenet"):
-        raise UserError(f"--weights {weights} has no heads trained for this task; train first and "
-                        f"use --weights last or a checkpoint path")
-
-
-def load_inference_model(config, weights, model_dir):
-    """A MaskRCNN in inference mode with the chosen weights loaded, or, for a folder
-    written by --mode export, the SavedModel behind the same detect() interface."""
-    if isinstance(weights, pathlib.Path) and is_exported_model(weights):
-        from mrcnn.io.saved_model import ExportedModel
-        log.info("Loading exported model %s", weights)
-        return ExportedModel(weights, config)
-    check_inference_weights(weights)
-    from mrcnn import model as modellib
-    model = modellib.MaskRCNN(mode="inference", config=config, model_dir=str(model_dir))
-    if weights == "none":
-        log.warning("Running with untrained weights (--weights none): detections are meaningless.")
-    else:
-        model.load_weights(str(weights), by_name=True)
-        log.info("Loaded weights %s", weights)
-    return model
-
-
-def check_dataset_dir(dataset):
-    """Fail early, before any model work, when a dataset folder does not exist."""
-    if dataset != "synthetic" and not pathlib.Path(dataset).expanduser().is_dir():
-        raise UserError(f"dataset folder {dataset} not found: expected the official ISIC 2018 layout "
-                        f"(see isic2018/README.md; download from {layout.DATA_URL}), or use --dataset synthetic")
-
-
-def resolve_dataset_dir(dataset, seed):
-    """--dataset as a folder path; 'synthetic' generates (once, cached) the embedded dataset."""
-    check_dataset_dir(dataset)
-    if dataset == "synthetic":
-        from isic import synthetic
-        return pathlib.Path(synthetic.ensure_synthetic_dataset(seed=seed))
-    return pathlib.Path(dataset).expanduser()
-
-
-def load_dataset(task, dataset_dir, subset, seed, limit=None):
-    """The task's ISIC dataset for one subset, validated and prepared."""
-    from isic.data.datasets import dataset_for_task
-    dataset = dataset_for_task(task)()
-    dataset.load_isic(dataset_dir, subset=subset, seed=seed, limit=limit)
-    dataset.prepare()
-    if dataset.num_images == 0:
-        raise UserError(f"no usable {task} images in the '{subset}' subset of {dataset_dir}")
-    return dataset
+def run(args):
+    if args.compare:
+        run_a, run_b = (resolve_run(text, args.logs) for text in args.compare)
+        print(compare(run_a, run_b))
+        return 0
+    folders = find_runs(args.logs, args.task)
+    if not folders:
+        what = f"'{args.task}' runs" if args.task else "runs"
+        print(f"No {what} under {args.logs}")
+        return 0
+    rows = [[_cell(run_summary(p), c) for c in COLUMNS] for p in folders]
+    print(format_table(rows, COLUMNS))
+    return 0

@@ -18,7 +18,7 @@ import re
 import time
 
 from isic.errors import UserError
-from isic.modes import runs
+from isic.modes import run_folders
 from mrcnn.engine import layer_sets
 from mrcnn.io import run_dirs
 
@@ -91,7 +91,7 @@ def load_start_weights(model, weights, config):
         return
     if weights == "coco":
         path = download.download_coco_weights()
-        exclude = [] if config.NUM_CLASSES == 81 else runs.COCO_HEADS
+        exclude = [] if config.NUM_CLASSES == 81 else run_folders.COCO_HEADS
         model.load_weights(str(path), by_name=True, exclude=exclude)
     elif weights == "imagenet":
         report = model.load_weights(model.get_imagenet_weights(), by_name=True)
@@ -102,8 +102,8 @@ def load_start_weights(model, weights, config):
     log.info("Starting from %s weights", weights)
 
 
-def split_recorder(dataset_dir, train_set, val_set):
-    """A callback that writes the run's split.json once its folder exists (training start)."""
+def split_recorder(dataset_dir, train_set, val_set, weights=None):
+    """A callback that writes the run's split.json and run.json once its folder exists (training start)."""
     import keras
 
     class RecordSplit(keras.callbacks.Callback):
@@ -112,14 +112,15 @@ def split_recorder(dataset_dir, train_set, val_set):
             self.maskrcnn = maskrcnn
 
         def on_train_begin(self, logs=None):
-            runs.write_split(self.maskrcnn.log_dir, dataset_dir, train_set, val_set)
+            run_folders.write_split(self.maskrcnn.log_dir, dataset_dir, train_set, val_set)
+            run_folders.write_run_record(self.maskrcnn.log_dir, weights, dataset_dir)
 
     return RecordSplit
 
 
 def check_resume_split(weights, config):
     """Resuming a run keeps validating on its images: refuse another split seed."""
-    split = runs.read_split(weights) if run_dirs.checkpoint_run(weights, config.NAME) else None
+    split = run_folders.read_split(weights) if run_dirs.checkpoint_run(weights, config.NAME) else None
     if split is not None and split["split_seed"] != config.SPLIT_SEED:
         raise UserError(f"--weights {weights} resumes a run trained on the split of seed {split['split_seed']}; "
                         f"pass --split-seed {split['split_seed']} to continue it")
@@ -140,13 +141,13 @@ def run(args, config):
 
     synthetic = args.dataset == "synthetic"
     # SPLIT_SEED picks the synthetic images and the validation images; SEED the rest.
-    dataset_dir = runs.resolve_dataset_dir(args.dataset, config.SPLIT_SEED)
-    weights = runs.resolve_weights(args.weights, "train", synthetic, args.task, args.logs)
+    dataset_dir = run_folders.resolve_dataset_dir(args.dataset, config.SPLIT_SEED)
+    weights = run_folders.resolve_weights(args.weights, "train", synthetic, args.task, args.logs)
     if isinstance(weights, pathlib.Path):
         check_resume_split(weights, config)
     stages = schedule_for(config, args.epochs, args.layers)
-    train_set = runs.load_dataset(args.task, dataset_dir, "train", config.SPLIT_SEED, args.limit)
-    val_set = runs.load_dataset(args.task, dataset_dir, "val", config.SPLIT_SEED, args.limit)
+    train_set = run_folders.load_dataset(args.task, dataset_dir, "train", config.SPLIT_SEED, args.limit)
+    val_set = run_folders.load_dataset(args.task, dataset_dir, "val", config.SPLIT_SEED, args.limit)
 
     model = modellib.MaskRCNN(mode="training", config=config, model_dir=str(args.logs))
     for layers, _, _ in stages:  # a selection that trains nothing fails now, before anything is written
@@ -160,7 +161,7 @@ def run(args, config):
     log.info("Training %s on %d images (validation %d), stages %s", args.task, train_set.num_images,
              val_set.num_images, stages)
     deadlines = stage_deadlines(stages, minutes, start) if minutes else [None] * len(stages)
-    record_split = split_recorder(dataset_dir, train_set, val_set)
+    record_split = split_recorder(dataset_dir, train_set, val_set, weights)
     for (layers, end_epoch, learning_rate), deadline in zip(stages, deadlines):
         callbacks = [record_split(model)]
         if deadline is not None:
