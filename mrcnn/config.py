@@ -21,6 +21,10 @@ RESIZE_MODES = ("none", "square", "pad64", "crop")
 HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss", "mrcnn_mask_loss")
 MIXED_PRECISION_POLICIES = (None, "mixed_float16", "mixed_bfloat16")
+# Config.NORM: Matterport's frozen BatchNorm, BatchNorm in training mode, Group Normalization.
+NORMS = ("frozen_bn", "bn", "gn")
+# Config.RESIZE_METHOD (mrcnn.data.resize's methods; None: area to train, bilinear to detect).
+RESIZE_METHOD_CHOICES = ("area", "bilinear")
 
 # Attributes that hold numpy arrays in memory and lists in JSON.
 _ARRAY_ATTRS = ("MEAN_PIXEL", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV")
@@ -40,7 +44,7 @@ _POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "VALIDATION_
 _PROBABILITIES = ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE", "ROI_POSITIVE_RATIO",
                   "LEARNING_MOMENTUM")
 _BOOLEANS = ("USE_MINI_MASK", "USE_RPN_ROIS", "TRAIN_BN", "KEEP_EMPTY_IMAGES", "DETECT_MASKS_ON_SURVIVORS",
-             "IMAGE_CACHE")
+             "IMAGE_CACHE", "PRECISE_BN_EVERY_EPOCH", "DETERMINISTIC")
 # The feature pyramid's levels: one backbone stride and one anchor scale each.
 _PYRAMID_LEVELS = ("P2", "P3", "P4", "P5", "P6")
 
@@ -170,6 +174,33 @@ class Config:
     # (mrcnn.data.image_cache: $MRCNN_IMAGE_CACHE_DIR, else $MRCNN_CACHE_DIR/images or
     # ~/.cache/isic-mrcnn/images). Never used with IMAGE_RESIZE_MODE "crop". False: decode every time.
     IMAGE_CACHE = True
+    # Normalisation layers of the backbone, the FPN and the ROI heads: "frozen_bn" (Matterport's
+    # BatchNorm on its moving statistics), "bn" (BatchNorm on batch statistics while training) or
+    # "gn" (Group Normalization, GN_GROUPS groups: independent of the batch size, the from-scratch
+    # choice of Wu & He 2018). None: "bn" when TRAIN_BN else "frozen_bn", so TRAIN_BN works as before.
+    # GN layers keep the BatchNorm layers' names (bn_conv1, mrcnn_mask_bn1, ...) and hold gamma
+    # and beta only; with "gn" the FPN convolutions get a GN layer each (fpn_c5p5_norm, ...).
+    NORM = None
+    # Groups of every GN layer; must divide each normalised width (64, TOP_DOWN_PYRAMID_SIZE,
+    # MASK_HEAD_CHANNELS, FPN_CLASSIF_FC_LAYERS_SIZE).
+    GN_GROUPS = 32
+    # 3x3 convolutions (TOP_DOWN_PYRAMID_SIZE wide, each with the NORM layer) on the 7x7 ROI
+    # features before the classifier's two fully connected layers: 0 is Matterport's head, 4 the
+    # conv head of MMDetection's and detectron2's from-scratch GN configs.
+    BOX_HEAD_CONVS = 0
+    # PreciseBN (NORM "bn" only): after training, recompute every trained BatchNorm layer's moving
+    # mean and variance as the mean of its per-batch means and variances over this many training
+    # batches, unaugmented, no weight changed; the last checkpoint is rewritten with them. 0: off.
+    PRECISE_BN_BATCHES = 0
+    # Also recompute them at the end of every epoch (before its checkpoint is written).
+    PRECISE_BN_EVERY_EPOCH = False
+    # Reproducible training: TensorFlow op determinism, Python/NumPy/Keras seeded from SEED, Keras'
+    # own batch shuffling off (the feed's order is a function of SEED and epoch). lesions.py --deterministic.
+    DETERMINISTIC = False
+    # How images are resized, in training and in detect() / the exported graph alike: "area"
+    # (pixel-area averaging when shrinking) or "bilinear" (Matterport's). None: the training feed
+    # shrinks by "area" and detect() keeps Matterport's "bilinear" (the reference's behaviour).
+    RESIZE_METHOD = None
 
     def __init__(self, **overrides):
         for key, value in overrides.items():
@@ -264,6 +295,26 @@ class Config:
              "must map each loss to a number >= 0")
         need(self.MIXED_PRECISION in MIXED_PRECISION_POLICIES, "MIXED_PRECISION",
              "must be None, 'mixed_float16' or 'mixed_bfloat16'")
+        need(self.NORM is None or self.NORM in NORMS, "NORM",
+             f"must be one of {', '.join(NORMS)}, or None to follow TRAIN_BN")
+        need(is_int(self.GN_GROUPS) and self.GN_GROUPS >= 1, "GN_GROUPS", "must be an integer >= 1")
+        if self.NORM == "gn":
+            for attr in ("TOP_DOWN_PYRAMID_SIZE", "MASK_HEAD_CHANNELS", "FPN_CLASSIF_FC_LAYERS_SIZE"):
+                need(getattr(self, attr) % self.GN_GROUPS == 0, "GN_GROUPS",
+                     f"must divide {attr}={getattr(self, attr)} (each GN group needs a whole number of channels)")
+            need(64 % self.GN_GROUPS == 0, "GN_GROUPS",
+                 "must divide 64, the narrowest backbone stage (1, 2, 4, 8, 16, 32 or 64)")
+        need(is_int(self.BOX_HEAD_CONVS) and self.BOX_HEAD_CONVS >= 0, "BOX_HEAD_CONVS", "must be an integer >= 0")
+        need(is_int(self.PRECISE_BN_BATCHES) and self.PRECISE_BN_BATCHES >= 0, "PRECISE_BN_BATCHES",
+             "must be an integer >= 0 (0: off)")
+        need(self.RESIZE_METHOD is None or self.RESIZE_METHOD in RESIZE_METHOD_CHOICES, "RESIZE_METHOD",
+             f"must be one of {', '.join(RESIZE_METHOD_CHOICES)}, or None (area to train, bilinear to detect)")
+
+    def norm(self):
+        """The normalisation in use: NORM, or the one TRAIN_BN implies when NORM is None."""
+        if self.NORM is not None:
+            return self.NORM
+        return "bn" if self.TRAIN_BN else "frozen_bn"
 
     def require(self, condition, attr, why):
         """Raise ConfigError('Config.<attr>=<value>: <why>') unless `condition` holds."""

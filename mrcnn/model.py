@@ -22,7 +22,7 @@ from mrcnn.modeling.backbone import build_backbone
 from mrcnn.modeling.detection import DetectionLayer
 from mrcnn.modeling.fpn import fpn_graph
 from mrcnn.modeling.heads import build_fpn_mask_graph, fpn_classifier_graph
-from mrcnn.modeling.layers import Float32Layer
+from mrcnn.modeling.layers import Float32Layer, NormSpec
 from mrcnn.modeling.proposal import ProposalLayer
 from mrcnn.modeling.rpn import build_rpn_model, rpn_outputs
 
@@ -53,15 +53,16 @@ def build_inference_graph(model, config, trunk):
     image_meta = trunk["input_image_meta"]
     feature_maps = trunk["mrcnn_feature_maps"]
     _logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rpn_rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=config.TRAIN_BN,
-        fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+        rpn_rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=NormSpec.of(config),
+        fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE, box_convs=config.BOX_HEAD_CONVS,
+        conv_channels=config.TOP_DOWN_PYRAMID_SIZE)
 
     # [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] normalised
     detections, class_probs = DetectionLayer(config, name="mrcnn_detection")(
         [rpn_rois, mrcnn_class, mrcnn_bbox, image_meta])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, feature_maps, image_meta, config.MASK_POOL_SIZE,
-                                      config.NUM_CLASSES, train_bn=config.TRAIN_BN,
+                                      config.NUM_CLASSES, train_bn=NormSpec.of(config),
                                       channels=config.MASK_HEAD_CHANNELS)
 
     inputs = [trunk["input_image"], image_meta, input_anchors]
@@ -106,6 +107,9 @@ class MaskRCNN:
         self._anchor_cache = AnchorCache(config)
         self._predict_fns = {}  # "static" / "dynamic" image-size signature -> tf.function
         self.set_log_dir()
+        if mode == "training" and config.DETERMINISTIC:
+            from mrcnn.engine import determinism
+            determinism.enable(config.SEED)  # before the build: the initial weights come from the seed
         self.keras_model = self.build(mode=mode, config=config)
 
     # --- Graph ---------------------------------------------------------------------------
@@ -120,7 +124,8 @@ class MaskRCNN:
         input_image_meta = KL.Input(shape=[config.IMAGE_META_SIZE], name="input_image_meta")
 
         c2, c3, c4, c5 = build_backbone(input_image, config)
-        rpn_feature_maps, mrcnn_feature_maps = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE)
+        rpn_feature_maps, mrcnn_feature_maps = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE,
+                                                         norm=NormSpec.of(config))
 
         rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS), config.TOP_DOWN_PYRAMID_SIZE,
                               channels=config.RPN_CONV_CHANNELS)

@@ -23,8 +23,14 @@ from mrcnn.modeling.targets import build_rpn_targets
 
 log = logging.getLogger(__name__)
 
-# Training shrinks by area averaging; detect() and the export keep Matterport's bilinear.
+# Training shrinks by area averaging unless Config.RESIZE_METHOD says otherwise (None: this
+# here, and Matterport's bilinear in detect() and the export).
 TRAINING_RESIZE_METHOD = "area"
+
+
+def training_resize_method(config):
+    """The training feed's resize method: Config.RESIZE_METHOD, else "area"."""
+    return getattr(config, "RESIZE_METHOD", None) or TRAINING_RESIZE_METHOD
 
 
 class AnnotationError(ValueError):
@@ -79,8 +85,9 @@ def resize_for_training(dataset, config, image_id, rng=None):
     """Decode an image and its masks and resize them per IMAGE_RESIZE_MODE (the part of
     load_image_gt that mrcnn.data.image_cache stores). Returns an image_cache.ResizedItem.
 
-    Training resizes by the "area" method of mrcnn.data.resize: an image that must shrink
-    is shrunk by pixel-area averaging (no aliasing of hairs and lesion borders).
+    Training resizes by the "area" method of mrcnn.data.resize (an image that must shrink
+    is shrunk by pixel-area averaging: no aliasing of hairs and lesion borders), or by
+    Config.RESIZE_METHOD when set (detect() then uses the same).
     """
     image = dataset.load_image(image_id)
     mask, class_ids = dataset.load_mask(image_id)
@@ -88,7 +95,7 @@ def resize_for_training(dataset, config, image_id, rng=None):
     original_shape = image.shape
     image, window, scale, padding, crop = resize_image(
         image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng, method=TRAINING_RESIZE_METHOD)
+        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, rng=rng, method=training_resize_method(config))
     mask = resize_mask(mask, scale, padding, crop)
     return image_cache.ResizedItem(image, mask, class_ids, original_shape, window, scale, padding, crop)
 

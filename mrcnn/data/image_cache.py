@@ -86,6 +86,9 @@ def entry_key(dataset, config, image_id):
         stat = os.stat(path)
         files.append([path, stat.st_size, stat.st_mtime_ns])
     settings = {name: _plain(getattr(config, name)) for name in RESIZE_SETTINGS}
+    method = getattr(config, "RESIZE_METHOD", None) or "area"
+    if method != "area":  # "area" entries keep the names they had before Config.RESIZE_METHOD
+        settings["RESIZE_METHOD"] = method
     owner = f"{type(dataset).__module__}.{type(dataset).__qualname__}"
     name_fields = [FORMAT_VERSION, owner, [f[0] for f in files], settings]
     name = hashlib.sha256(json.dumps(name_fields, sort_keys=True).encode()).hexdigest()[:40] + ".npz"

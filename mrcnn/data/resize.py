@@ -4,14 +4,17 @@ caller (training feed, detect(), the exported graph, the ISIC modes and figures)
 Two named methods:
 - "bilinear": Matterport's resize (skimage.transform.resize, order 1, half-pixel sample
   positions, zero beyond the border, no anti-aliasing). The COCO weights and the fidelity
-  reference saw images molded this way; detect() and the exported graph use it.
+  reference saw images molded this way; detect() and the exported graph use it by default.
 - "area": pixel-area averaging when shrinking (cv2.INTER_AREA: hairs and lesion borders do
   not alias), bilinear when enlarging. The training feed shrinks with it.
 
+Config.RESIZE_METHOD picks one method for training and inference alike; None keeps the
+split above (training "area", detect() "bilinear").
+
 A side never shrinks below one pixel, so a 4000x3 strip still resizes (to 256x1, say).
-`resize_scale_tf` and `resize_bilinear_tf` restate the scale and the "bilinear" method in
-TensorFlow ops for the exported graph (tests hold them equal to the NumPy ones); TensorFlow
-is imported only when they are called.
+`resize_scale_tf`, `resize_bilinear_tf` and `resize_area_tf` restate the scale and the two
+methods in TensorFlow ops for the exported graph (tests hold them to the NumPy ones);
+TensorFlow is imported only when they are called.
 """
 import random
 
@@ -263,3 +266,23 @@ def resize_bilinear_tf(image, out_h, out_w):
     total = total + weigh(weigh(top_right, wy0), wx1)
     total = total + weigh(weigh(bottom_left, wy1), wx0)
     return total + weigh(weigh(bottom_right, wy1), wx1)
+
+
+def resize_area_tf(image, out_h, out_w):
+    """The "area" method in TF ops: [H, W, C] float -> [out_h, out_w, C] float32, before the
+    rounding to uint8. Shrinking (both sides shrink or stay): tf.image.resize's "area", the
+    pixel-area average of cv2.INTER_AREA; enlarging: half-pixel bilinear with the edges
+    clamped, as cv2.INTER_LINEAR. OpenCV computes uint8 in fixed point, so the two agree
+    within a grey level (tests hold them to that), not to the bit as resize_bilinear_tf does."""
+    import tensorflow as tf
+    shape = tf.shape(image)
+    shrinking = tf.logical_and(out_h <= shape[0], out_w <= shape[1])
+    size = tf.stack([out_h, out_w])
+
+    def area():
+        return tf.cast(tf.image.resize(image, size, method="area"), tf.float32)
+
+    def linear():
+        return tf.cast(tf.image.resize(image, size, method="bilinear"), tf.float32)
+
+    return tf.cond(shrinking, area, linear)

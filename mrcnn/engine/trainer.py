@@ -21,6 +21,7 @@ from mrcnn.data import image_cache
 from mrcnn.data.feed import MaskRCNNSequence
 from mrcnn.engine.distribute import cluster_workers, global_batch_size, is_chief
 from mrcnn.engine.layer_sets import LAYER_REGEX, check_matches, layer_regex  # noqa: F401 (LAYER_REGEX: Matterport's name)
+from mrcnn.engine.precise_bn import PreciseBatchNorm
 from mrcnn.io import weights_h5
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,9 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     new_run = model.open_log_dir() if chief else False
     guard = NonFiniteGuard()
     checkpoint = EpochCheckpoint(model.checkpoint_path, guard, write=chief)
-    callbacks = [guard, checkpoint]
+    precise_bn = precise_bn_callback(model, train_dataset, guard)
+    # PreciseBN before the checkpoint: an epoch's checkpoint holds the epoch's recomputed statistics.
+    callbacks = [guard] + ([precise_bn] if precise_bn else []) + [checkpoint]
     if chief:  # under TF_CONFIG the other workers write nothing into the run folder
         callbacks += [CountingCSVLogger(os.path.join(model.log_dir, HISTORY_CSV), guard, append=True),
                       keras.callbacks.TensorBoard(log_dir=model.log_dir, histogram_freq=0, write_graph=False)]
@@ -262,11 +265,16 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     try:
+        # shuffle=False: the feed already visits the images in a (seed, epoch) order; Keras'
+        # shuffle would also permute the batch indices with Python's unseeded `random`.
         history = keras_model.fit(train_feed, initial_epoch=model.epoch, epochs=epochs,
                                   steps_per_epoch=config.STEPS_PER_EPOCH, callbacks=callbacks,
                                   validation_data=val_feed, validation_steps=config.VALIDATION_STEPS,
-                                  verbose=verbose)
-    except BaseException:
+                                  verbose=verbose, shuffle=False)
+    except BaseException as e:
+        if config.DETERMINISTIC and _is_determinism_error(e):
+            log.error("--deterministic: an op of this model has no deterministic implementation on this "
+                      "device: %s", str(e).strip().splitlines()[0])
         if new_run and checkpoint.last_saved is None:
             _remove_empty_run(model)
         raise
@@ -286,7 +294,34 @@ def train(model, train_dataset, val_dataset, learning_rate, epochs, layers, augm
                                  f"{kept or 'none'} (lower the learning rate or check the data)")
     # A callback (time budget) may stop before `epochs`: continue from the last epoch run.
     model.epoch = max(model.epoch, history.epoch[-1] + 1 if history.epoch else model.epoch)
+    if precise_bn is not None and checkpoint.last_saved and precise_bn.done_epoch != model.epoch - 1:
+        # After training: the statistics of the final weights, into the run's last checkpoint.
+        precise_bn.recompute(keras_model, model.epoch)
+        if chief:
+            weights_h5.save_weights_h5(keras_model, checkpoint.last_saved)
     return history
+
+
+def precise_bn_callback(model, train_dataset, guard):
+    """The PreciseBatchNorm callback for Config.PRECISE_BN_BATCHES > 0 (unaugmented batches of
+    the training set, the same seed), else None."""
+    config = model.config
+    if not config.PRECISE_BN_BATCHES:
+        return None
+    if config.norm() != "bn":
+        log.info("PRECISE_BN_BATCHES=%d ignored: NORM is %r, whose statistics do not come from training batches",
+                 config.PRECISE_BN_BATCHES, config.norm())
+        return None
+    feed = TrainingFeed(train_dataset, config, shuffle=True, augmentation=None, batch_size=global_batch_size(config),
+                        steps=config.PRECISE_BN_BATCHES, workers=1)
+    return PreciseBatchNorm(feed, config.PRECISE_BN_BATCHES, every_epoch=config.PRECISE_BN_EVERY_EPOCH, guard=guard)
+
+
+def _is_determinism_error(error):
+    """TensorFlow's error for an op without a deterministic kernel under op determinism."""
+    import tensorflow as tf
+    return isinstance(error, (tf.errors.UnimplementedError, tf.errors.InvalidArgumentError)) and \
+        "determinis" in str(error).lower()
 
 
 def _remove_empty_run(model):

@@ -6,9 +6,10 @@ module restates each of those steps as TensorFlow ops with the same arithmetic (
 where the NumPy code computes in float64, the same rounding and truncation), and puts them
 around the inference model in one tf.function that `keras.export.ExportArchive` saves.
 
-The in-graph resize is mrcnn.data.resize's "bilinear" method in TF ops (`resize_scale_tf`,
-`scaled_size_tf`, `resize_bilinear_tf`), the method detect() molds with; the agreement the
-export measures and records (isic.modes.export) is what tells they still match.
+The in-graph resize is the method detect() molds with (Config.RESIZE_METHOD, default
+"bilinear") in TF ops (`resize_scale_tf`, `scaled_size_tf`, `resize_bilinear_tf` or
+`resize_area_tf`); the agreement the export measures and records (isic.modes.export) is what
+tells they still match.
 
 `load_exported` / `ExportedModel` read a SavedModel back behind detect()'s interface.
 """
@@ -19,7 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mrcnn.data.resize import resize_bilinear_tf, resize_scale_tf, scaled_size_tf
+from mrcnn.data.molding import inference_resize_method
+from mrcnn.data.resize import resize_area_tf, resize_bilinear_tf, resize_scale_tf, scaled_size_tf
 from mrcnn.io.weights_file import CARD_NAME, is_exported_model  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -46,9 +48,14 @@ def mold_image_graph(image, config):
     if mode != "none":
         scale = resize_scale_tf(h, w, config)
         new_h, new_w = scaled_size_tf(h, w, scale)
-        resized = resize_bilinear_tf(pixels, new_h, new_w)
-        # resize_image keeps the input dtype: float -> uint8 truncates (values are >= 0).
-        resized = tf.floor(tf.clip_by_value(resized, 0.0, 255.0))
+        if inference_resize_method(config) == "area":
+            # OpenCV rounds its uint8 result to the nearest grey level, halves up.
+            area = tf.cast(tf.clip_by_value(resize_area_tf(pixels, new_h, new_w), 0.0, 255.0), tf.float64)
+            resized = tf.floor(area + 0.5)
+        else:
+            resized = resize_bilinear_tf(pixels, new_h, new_w)
+            # resize_image keeps the input dtype: float -> uint8 truncates (values are >= 0).
+            resized = tf.floor(tf.clip_by_value(resized, 0.0, 255.0))
         pixels = tf.cond(tf.equal(scale, 1.0), lambda: pixels, lambda: resized)
     if mode == "square":
         target_h = target_w = tf.constant(int(config.IMAGE_MAX_DIM), tf.int32)

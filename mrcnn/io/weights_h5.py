@@ -46,6 +46,12 @@ class WeightsMismatchError(ValueError):
         self.mismatched_layers = list(mismatched_layers)
 
 
+class NormMismatchError(WeightsMismatchError):
+    """The file's normalisation layers are BatchNorm where the model's are GroupNorm, or the
+    reverse (Config.NORM differs from the one the weights were trained with). `layer` is None:
+    the message is the whole story, one line."""
+
+
 @dataclasses.dataclass
 class WeightsLoadReport:
     """What load_weights_h5() did, by top-level layer name."""
@@ -264,6 +270,42 @@ def _raise_mismatch(mismatches, filepath):
         file_shape=first.file_shape, mismatched_layers=names)
 
 
+_NORM_NAMES = {"BatchNorm": {"gamma", "beta", "moving_mean", "moving_variance"}, "GroupNorm": {"gamma", "beta"}}
+
+
+def _norm_kind(weight_names):
+    """"BatchNorm", "GroupNorm" or None (not a normalisation layer), from a layer's weight names
+    ('bn_conv1/moving_mean:0' ...)."""
+    bare = {name.rsplit("/", 1)[-1].split(":", 1)[0] for name in weight_names}
+    for kind, names in _NORM_NAMES.items():
+        if bare == names:
+            return kind
+    return None
+
+
+def _check_norms(model_entries, file_layers, exclude, filepath):
+    """Refuse, in one line, BatchNorm weights for GroupNorm layers of the same name (or the
+    reverse): it means another Config.NORM, not a layer to skip."""
+    model_kinds = {name: _norm_kind(w.name for w in weights) for name, weights in model_entries}
+    clashes = []
+    for lname, file_weights in file_layers:
+        if lname in exclude or model_kinds.get(lname) is None:
+            continue
+        file_kind = _norm_kind(wname for wname, _ in file_weights)
+        if file_kind is not None and file_kind != model_kinds[lname]:
+            clashes.append((lname, file_kind, model_kinds[lname]))
+    if not clashes:
+        return
+    lname, file_kind, model_kind = clashes[0]
+    wanted = "--set NORM=gn" if file_kind == "GroupNorm" else "--set NORM=bn, or NORM=frozen_bn"
+    more = f" and {len(clashes) - 1} more" if len(clashes) > 1 else ""
+    raise NormMismatchError(
+        f"{filepath} holds {file_kind} layers ({lname}{more}) where the model has {model_kind}: the weights "
+        f"were trained with another normalisation; nothing was loaded; build the model with theirs ({wanted}), "
+        f"or exclude those {len(clashes)} layers to start them afresh",
+        mismatched_layers=[c[0] for c in clashes])
+
+
 def _plan_by_name(model_entries, file_layers, exclude):
     model_index = {name: weights for name, weights in model_entries}
     file_names = {name for name, _ in file_layers}
@@ -314,7 +356,8 @@ def load_weights_h5(keras_model, filepath, by_name=True, exclude=None, skip_mism
     by_name=True matches top-level layers by name; layers only in the file or only in the
     model are reported, not errors; layers named in `exclude` are not touched. by_name=False
     pairs the weighted layers in order, as Keras 2 did. Every shape is checked before any
-    weight is assigned, so a WeightsMismatchError leaves the model unchanged; with
+    weight is assigned, so a WeightsMismatchError leaves the model unchanged (NormMismatchError:
+    BatchNorm weights for GroupNorm layers or the reverse, by name); with
     skip_mismatch=True mismatched layers are skipped whole instead.
     Returns a WeightsLoadReport.
     """
@@ -326,6 +369,8 @@ def load_weights_h5(keras_model, filepath, by_name=True, exclude=None, skip_mism
         root = _open_keras2_root(f, filepath)
         file_layers = _file_layers(root, filepath)
         if by_name:
+            if not skip_mismatch:
+                _check_norms(model_entries, file_layers, exclude, filepath)
             plan, mismatches, missing, unused = _plan_by_name(model_entries, file_layers, exclude)
         else:
             plan, mismatches, missing, unused = _plan_topological(

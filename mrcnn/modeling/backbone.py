@@ -2,12 +2,14 @@
 plus a light ResNet-18-style backbone for CPU demos and tests.
 
 Each graph function takes the image KerasTensor and returns [C1, C2, C3, C4, C5], the
-feature maps at strides 2 (C1), 4, 8, 16 and 32.
+feature maps at strides 2 (C1), 4, 8, 16 and 32. `train_bn` is Matterport's flag, or a
+layers.NormSpec (Config.NORM: frozen BatchNorm, training BatchNorm or GroupNorm under the same
+layer names).
 """
 import keras
 from keras import layers as KL
 
-from mrcnn.modeling.layers import BatchNorm
+from mrcnn.modeling.layers import NormSpec, norm_layer
 
 # Number of identity blocks after the conv block of stage 4.
 STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22}
@@ -22,13 +24,13 @@ def _bottleneck_branch(input_tensor, kernel_size, filters, conv_name, bn_name, s
     <bn_name>2a..2c), the first conv with `strides`; no ReLU after the last BatchNorm."""
     f1, f2, f3 = filters
     x = KL.Conv2D(f1, (1, 1), strides=strides, name=conv_name + "2a", use_bias=use_bias)(input_tensor)
-    x = BatchNorm(train_bn=train_bn, name=bn_name + "2a")(x)
+    x = norm_layer(bn_name + "2a", train_bn)(x)
     x = KL.Activation("relu")(x)
     x = KL.Conv2D(f2, (kernel_size, kernel_size), padding="same", name=conv_name + "2b", use_bias=use_bias)(x)
-    x = BatchNorm(train_bn=train_bn, name=bn_name + "2b")(x)
+    x = norm_layer(bn_name + "2b", train_bn)(x)
     x = KL.Activation("relu")(x)
     x = KL.Conv2D(f3, (1, 1), name=conv_name + "2c", use_bias=use_bias)(x)
-    return BatchNorm(train_bn=train_bn, name=bn_name + "2c")(x)
+    return norm_layer(bn_name + "2c", train_bn)(x)
 
 
 def identity_block(input_tensor, kernel_size, filters, stage, block, use_bias=True, train_bn=True):
@@ -51,7 +53,7 @@ def conv_block(input_tensor, kernel_size, filters, stage, block, strides=(2, 2),
     x = _bottleneck_branch(input_tensor, kernel_size, filters, conv_name, bn_name, strides, use_bias, train_bn)
 
     shortcut = KL.Conv2D(f3, (1, 1), strides=strides, name=conv_name + "1", use_bias=use_bias)(input_tensor)
-    shortcut = BatchNorm(train_bn=train_bn, name=bn_name + "1")(shortcut)
+    shortcut = norm_layer(bn_name + "1", train_bn)(shortcut)
 
     x = KL.Add()([x, shortcut])
     return KL.Activation("relu", name=f"res{stage}{block}_out")(x)
@@ -66,7 +68,7 @@ def resnet_graph(input_image, architecture, stage5=True, train_bn=True):
     # Stage 1
     x = KL.ZeroPadding2D((3, 3))(input_image)
     x = KL.Conv2D(64, (7, 7), strides=(2, 2), name="conv1", use_bias=True)(x)
-    x = BatchNorm(train_bn=train_bn, name="bn_conv1")(x)
+    x = norm_layer("bn_conv1", train_bn)(x)
     x = KL.Activation("relu")(x)
     c1 = x = KL.MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
     # Stage 2
@@ -98,14 +100,14 @@ def basic_block(input_tensor, filters, stage, block, strides=(1, 1), train_bn=Tr
     conv_name = f"{R18_PREFIX}res{stage}{block}_branch"
     bn_name = f"{R18_PREFIX}bn{stage}{block}_branch"
     x = KL.Conv2D(filters, (3, 3), strides=strides, padding="same", name=conv_name + "2a")(input_tensor)
-    x = BatchNorm(train_bn=train_bn, name=bn_name + "2a")(x)
+    x = norm_layer(bn_name + "2a", train_bn)(x)
     x = KL.Activation("relu")(x)
     x = KL.Conv2D(filters, (3, 3), padding="same", name=conv_name + "2b")(x)
-    x = BatchNorm(train_bn=train_bn, name=bn_name + "2b")(x)
+    x = norm_layer(bn_name + "2b", train_bn)(x)
     shortcut = input_tensor
     if tuple(strides) != (1, 1) or input_tensor.shape[-1] != filters:
         shortcut = KL.Conv2D(filters, (1, 1), strides=strides, name=conv_name + "1")(input_tensor)
-        shortcut = BatchNorm(train_bn=train_bn, name=bn_name + "1")(shortcut)
+        shortcut = norm_layer(bn_name + "1", train_bn)(shortcut)
     x = KL.Add()([x, shortcut])
     return KL.Activation("relu", name=f"{R18_PREFIX}res{stage}{block}_out")(x)
 
@@ -115,7 +117,7 @@ def resnet18_graph(input_image, train_bn=True):
     ResNet weights never load into it by accident. Returns [C1, C2, C3, C4, C5]."""
     x = KL.ZeroPadding2D((3, 3))(input_image)
     x = KL.Conv2D(R18_WIDTHS[0], (7, 7), strides=(2, 2), name=R18_PREFIX + "conv1")(x)
-    x = BatchNorm(train_bn=train_bn, name=R18_PREFIX + "bn_conv1")(x)
+    x = norm_layer(R18_PREFIX + "bn_conv1", train_bn)(x)
     x = KL.Activation("relu")(x)
     c1 = x = KL.MaxPooling2D((3, 3), strides=(2, 2), padding="same")(x)
     outputs = [c1]
@@ -128,11 +130,12 @@ def resnet18_graph(input_image, train_bn=True):
 
 
 def build_backbone(input_image, config):
-    """[C2, C3, C4, C5] for config.BACKBONE (a name or a callable returning [C1..C5])."""
+    """[C2, C3, C4, C5] for config.BACKBONE (a name or a callable returning [C1..C5]). A callable
+    gets Matterport's train_bn (True for NORM "bn" and "gn") and picks its own layers."""
     if callable(config.BACKBONE):
-        _, c2, c3, c4, c5 = config.BACKBONE(input_image, stage5=True, train_bn=config.TRAIN_BN)
+        _, c2, c3, c4, c5 = config.BACKBONE(input_image, stage5=True, train_bn=config.norm() != "frozen_bn")
     else:
-        _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, stage5=True, train_bn=config.TRAIN_BN)
+        _, c2, c3, c4, c5 = resnet_graph(input_image, config.BACKBONE, stage5=True, train_bn=NormSpec.of(config))
     return [c2, c3, c4, c5]
 
 

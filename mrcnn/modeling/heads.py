@@ -15,7 +15,7 @@ import keras
 from keras import layers as KL
 import tensorflow as tf
 
-from mrcnn.modeling.layers import BatchNorm, TimeDistributed, time_distributed
+from mrcnn.modeling.layers import TimeDistributed, time_distributed, time_distributed_norm
 from mrcnn.modeling.roi_align import PyramidROIAlign
 
 _USE_MATMUL = [True]
@@ -99,16 +99,25 @@ class PoolSqueeze(keras.layers.Layer):
 
 
 def fpn_classifier_graph(rois, feature_maps, image_meta, pool_size, num_classes, train_bn=True,
-                         fc_layers_size=1024):
+                         fc_layers_size=1024, box_convs=0, conv_channels=256):
     """rois [batch, num_rois, (y1, x1, y2, x2)] normalised -> (mrcnn_class_logits [batch, num_rois, classes],
-    mrcnn_probs [batch, num_rois, classes], mrcnn_bbox [batch, num_rois, classes, (dy, dx, log(dh), log(dw))])."""
+    mrcnn_probs [batch, num_rois, classes], mrcnn_bbox [batch, num_rois, classes, (dy, dx, log(dh), log(dw))]).
+
+    train_bn: Matterport's flag or a layers.NormSpec (the norm after each conv). box_convs: 3x3
+    convs (conv_channels wide, named mrcnn_box_conv<i> / mrcnn_box_conv<i>_norm) on the ROI
+    features before the two "FC" layers (Config.BOX_HEAD_CONVS; 0 is Matterport's head)."""
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_classifier")([rois, image_meta] + feature_maps)
+    # [batch, num_rois, pool_size, pool_size, channels]
+    for i in range(1, box_convs + 1):
+        x = time_distributed(KL.Conv2D, f"mrcnn_box_conv{i}", conv_channels, (3, 3), padding="same")(x)
+        x = time_distributed_norm(f"mrcnn_box_conv{i}_norm", train_bn)(x)
+        x = KL.Activation("relu")(x)
     # Two "FC" layers as convs: a pool_size x pool_size valid conv, then a 1x1 conv.
     x = time_distributed(MatmulConv2D, "mrcnn_class_conv1", fc_layers_size, (pool_size, pool_size), padding="valid")(x)
-    x = time_distributed(BatchNorm, "mrcnn_class_bn1", train_bn=train_bn)(x)
+    x = time_distributed_norm("mrcnn_class_bn1", train_bn)(x)
     x = KL.Activation("relu")(x)
     x = time_distributed(MatmulConv2D, "mrcnn_class_conv2", fc_layers_size, (1, 1))(x)
-    x = time_distributed(BatchNorm, "mrcnn_class_bn2", train_bn=train_bn)(x)
+    x = time_distributed_norm("mrcnn_class_bn2", train_bn)(x)
     x = KL.Activation("relu")(x)
     shared = PoolSqueeze(name="pool_squeeze")(x)  # [batch, num_rois, fc_layers_size]
 
@@ -124,11 +133,12 @@ def build_fpn_mask_graph(rois, feature_maps, image_meta, pool_size, num_classes,
                          return_logits=False, channels=256):
     """rois [batch, num_rois, (y1, x1, y2, x2)] normalised -> masks [batch, num_rois, 2*pool, 2*pool, classes]
     (sigmoid probabilities, float32). return_logits: also return the logits (same shape), as
-    (masks, logits). channels: width of the 3x3 and transposed convolutions (Config.MASK_HEAD_CHANNELS)."""
+    (masks, logits). channels: width of the 3x3 and transposed convolutions (Config.MASK_HEAD_CHANNELS).
+    train_bn: Matterport's flag or a layers.NormSpec."""
     x = PyramidROIAlign([pool_size, pool_size], name="roi_align_mask")([rois, image_meta] + feature_maps)
     for i in range(1, 5):
         x = time_distributed(KL.Conv2D, f"mrcnn_mask_conv{i}", channels, (3, 3), padding="same")(x)
-        x = time_distributed(BatchNorm, f"mrcnn_mask_bn{i}", train_bn=train_bn)(x)
+        x = time_distributed_norm(f"mrcnn_mask_bn{i}", train_bn)(x)
         x = KL.Activation("relu")(x)
     x = time_distributed(KL.Conv2DTranspose, "mrcnn_mask_deconv", channels, (2, 2), strides=2,
                          activation="relu")(x)

@@ -1,9 +1,11 @@
-"""Small building blocks shared by the Mask R-CNN graph: frozen BatchNorm, a reshaping
-TimeDistributed wrapper, and the box helpers that run inside custom layers.
+"""Small building blocks shared by the Mask R-CNN graph: frozen BatchNorm, the normalisation
+choice (Config.NORM), a reshaping TimeDistributed wrapper, and the box helpers that run inside custom layers.
 
 Everything named `*_graph` works on tf tensors inside a layer's `call()`; it must never be
 given KerasTensors (Keras 3 rejects tf ops on them).
 """
+import collections
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -11,6 +13,7 @@ import tensorflow as tf
 from mrcnn.modeling import boxes
 
 BN_EPSILON = 1e-3
+GN_EPSILON = 1e-5  # the Group Normalization paper's and detectron2's
 
 
 class BatchNorm(keras.layers.BatchNormalization):
@@ -34,6 +37,37 @@ class BatchNorm(keras.layers.BatchNormalization):
         config = super().get_config()
         config["train_bn"] = self.train_bn
         return config
+
+
+class NormSpec(collections.namedtuple("NormSpec", "kind groups")):
+    """Which normalisation layer the graph builders make: kind "frozen_bn", "bn" or "gn"
+    (Config.NORM), groups for "gn" (Config.GN_GROUPS)."""
+
+    @classmethod
+    def of(cls, config):
+        return cls(config.norm(), int(config.GN_GROUPS))
+
+    @classmethod
+    def from_train_bn(cls, train_bn):
+        """Matterport's train_bn flag (or a NormSpec, returned as it is)."""
+        if isinstance(train_bn, cls):
+            return train_bn
+        return cls("bn" if train_bn else "frozen_bn", 32)
+
+
+def norm_layer(name, train_bn=False):
+    """The normalisation layer called `name`: BatchNorm (frozen or training) or Group
+    Normalization. train_bn: Matterport's flag, or a NormSpec. A GN layer keeps the name of the
+    BatchNorm it replaces, so checkpoints pair by name and a BatchNorm/GN mix is caught on load."""
+    spec = NormSpec.from_train_bn(train_bn)
+    if spec.kind == "gn":
+        return keras.layers.GroupNormalization(groups=spec.groups, epsilon=GN_EPSILON, name=name)
+    return BatchNorm(train_bn=spec.kind == "bn", name=name)
+
+
+def time_distributed_norm(name, train_bn=False):
+    """norm_layer(name, train_bn) applied per ROI."""
+    return TimeDistributed(norm_layer(name, train_bn), name=name)
 
 
 class TimeDistributed(keras.layers.TimeDistributed):

@@ -13,7 +13,7 @@ from mrcnn.config import LOSS_NAMES
 from mrcnn.modeling import boxes as box_coder
 from mrcnn.modeling import losses as L
 from mrcnn.modeling.heads import build_fpn_mask_graph, fpn_classifier_graph
-from mrcnn.modeling.layers import Float32Layer
+from mrcnn.modeling.layers import Float32Layer, NormSpec
 from mrcnn.modeling.proposal import ProposalLayer
 from mrcnn.modeling.targets import DetectionTargetLayer
 
@@ -133,8 +133,9 @@ def build_training_graph(model, config, trunk):
 
     feature_maps = trunk["mrcnn_feature_maps"]
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=config.TRAIN_BN,
-        fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE)
+        rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=NormSpec.of(config),
+        fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE, box_convs=config.BOX_HEAD_CONVS,
+        conv_channels=config.TOP_DOWN_PYRAMID_SIZE)
     # DetectionTargetLayer puts the positive ROIs first and caps them at this count; the mask
     # loss only reads positives, so the mask head runs on these leading ROIs alone (the same
     # loss and gradients as running it on every sampled ROI, for a third of the work).
@@ -144,7 +145,7 @@ def build_training_graph(model, config, trunk):
     mask_targets = LeadingRois(positive_slots, name="mask_targets")(target_mask)
     # mrcnn_mask: probabilities (the model's output); mask_logits: the same layer's logits, for the loss
     mrcnn_mask, mask_logits = build_fpn_mask_graph(mask_rois, feature_maps, image_meta, config.MASK_POOL_SIZE,
-                                                   config.NUM_CLASSES, train_bn=config.TRAIN_BN, return_logits=True,
+                                                   config.NUM_CLASSES, train_bn=NormSpec.of(config), return_logits=True,
                                                    channels=config.MASK_HEAD_CHANNELS)
     output_rois = StopGradient(name="output_rois")(rois)
 
