@@ -51,13 +51,18 @@ class _BadItem(Exception):
 #  Splits
 ############################################################
 
-def split_ids(ids, groups=None, val_fraction=0.2, seed=42):
+def split_ids(ids, groups=None, val_fraction=0.2, seed=42, labels=None):
     """Split ids into (train_ids, val_ids), deterministic for a seed.
 
     With `groups` (one key per id, e.g. the HAM10000 lesion_id) whole groups go to one
     side, so images of one lesion never straddle the split; `val_fraction` is then the
     fraction of groups. When there are at least two groups and 0 < val_fraction < 1,
     each side gets at least one group. Both lists keep the order of `ids`.
+
+    With `labels` (one class per id, None for "no class"; e.g. the Task 3 diagnosis) the
+    split is stratified: each class's groups are split on their own, so that a rare class is
+    not left out of validation by chance (`stratified_split`). Without labels the split is
+    the unstratified one of earlier versions, id for id.
     """
     ids = list(ids)
     if not 0.0 <= val_fraction <= 1.0:
@@ -65,6 +70,8 @@ def split_ids(ids, groups=None, val_fraction=0.2, seed=42):
     groups = ids if groups is None else list(groups)
     if len(groups) != len(ids):
         raise ValueError(f"{len(groups)} groups given for {len(ids)} ids")
+    if labels is not None:
+        return stratified_split(ids, groups, list(labels), val_fraction, seed)
     unique = sorted(set(groups))
     n_val = int(np.floor(val_fraction * len(unique) + 0.5))
     if 0.0 < val_fraction < 1.0 and len(unique) >= 2:
@@ -74,6 +81,67 @@ def split_ids(ids, groups=None, val_fraction=0.2, seed=42):
     train = [i for i, g in zip(ids, groups) if g not in val_groups]
     val = [i for i, g in zip(ids, groups) if g in val_groups]
     return train, val
+
+
+def _label_key(label):
+    """Sort key that puts None (no class) after every class name."""
+    return (label is None, "" if label is None else str(label))
+
+
+def stratified_split(ids, groups, labels, val_fraction, seed):
+    """(train_ids, val_ids): the groups of each class split on their own.
+
+    A group's class is the rarest (fewest images overall) of its images' labels, so a lesion
+    photographed as DF once and NV once counts as DF. Per class with n groups the validation
+    side gets round(val_fraction * n) of them, but at least one and at most n - 1 when
+    n >= 2 and 0 < val_fraction < 1: every class with two or more groups is on both sides. A
+    class with a single group stays in training. Classes are visited in sorted order and
+    each draws its own permutation from one seeded generator, so the split is a function of
+    (ids, groups, labels, val_fraction, seed) alone.
+    """
+    if len(labels) != len(ids):
+        raise ValueError(f"{len(labels)} labels given for {len(ids)} ids")
+    image_counts = collections.Counter(labels)
+    members = collections.defaultdict(list)
+    for g, label in zip(groups, labels):
+        members[g].append(label)
+    by_class = collections.defaultdict(list)
+    for g in sorted(members):
+        rarest = min(members[g], key=lambda lab: (image_counts[lab],) + _label_key(lab))
+        by_class[rarest].append(g)
+    rng = np.random.default_rng(seed)
+    val_groups = set()
+    for label in sorted(by_class, key=_label_key):
+        class_groups = by_class[label]
+        n = len(class_groups)
+        n_val = int(np.floor(val_fraction * n + 0.5))
+        if 0.0 < val_fraction < 1.0 and n >= 2:
+            n_val = min(max(n_val, 1), n - 1)
+        elif n < 2 and val_fraction < 1.0:
+            n_val = 0
+        order = rng.permutation(n)
+        val_groups.update(class_groups[i] for i in order[:n_val])
+    if not val_groups and 0.0 < val_fraction < 1.0 and len(members) >= 2:
+        # Only single-group classes: validate on one of them rather than on nothing.
+        singles = sorted(members)
+        val_groups.add(singles[int(rng.integers(len(singles)))])
+    train = [i for i, g in zip(ids, groups) if g not in val_groups]
+    val = [i for i, g in zip(ids, groups) if g in val_groups]
+    return train, val
+
+
+def rarest_labels(classes_per_id):
+    """One stratification label per id: the rarest (fewest ids overall; ties by name) of the
+    classes it has, or None when it has none. classes_per_id: a list of iterables."""
+    frequency = collections.Counter(c for classes in classes_per_id for c in set(classes))
+    return [min(classes, key=lambda c: (frequency[c], str(c))) if classes else None
+            for classes in map(list, classes_per_id)]
+
+
+def class_counts(ids, classes_of):
+    """{class: number of ids that have it}, classes in sorted order; classes_of: {id: classes}."""
+    counts = collections.Counter(c for i in ids for c in set(classes_of.get(i, ())))
+    return {c: counts[c] for c in sorted(counts, key=str)}
 
 
 def read_ham10000_metadata(path):
@@ -144,6 +212,27 @@ def check_mask(path, height, width):
         raise _BadItem("mask values not 0/255",
                        f"{path} holds values other than 0 and 255 (e.g. {odd[0]})")
     return histogram[255] > 0
+
+
+_FOREGROUND_MEMO = {}
+
+
+def mask_has_foreground(path):
+    """True when a mask file has a pixel above 0; False when it is empty, absent or unreadable
+    (validation reports those). Memoised per (path, size, mtime)."""
+    path = pathlib.Path(path)
+    try:
+        stat = path.stat()
+    except OSError:
+        return False
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _FOREGROUND_MEMO:
+        try:
+            with Image.open(path) as im:
+                _FOREGROUND_MEMO[key] = im.convert("L").getbbox() is not None
+        except _PIL_ERRORS + (Image.UnidentifiedImageError,):
+            _FOREGROUND_MEMO[key] = False
+    return _FOREGROUND_MEMO[key]
 
 
 def read_mask(path):
@@ -242,6 +331,12 @@ class ISICDataset(utils.Dataset):
         """image_info extras for a good item; raises _BadItem for a bad one."""
         raise NotImplementedError
 
+    def _split_classes(self, candidates):
+        """{isic_id: tuple of class names} the split is stratified by, or None for an
+        unstratified split (Task 1: one class). Read before validation, so it must not fail
+        on a bad item: an unreadable item has no classes (and is skipped later)."""
+        return None
+
     # --- loading --------------------------------------------------------------------
 
     def load_isic(self, dataset_dir, subset="train", split="Training", val_fraction=0.2,
@@ -267,9 +362,16 @@ class ISICDataset(utils.Dataset):
         candidates = self._candidates(root, split)
         ids = [isic_id for isic_id, _ in candidates]
         groups = [self._lesion_id(i) or i for i in ids] if self.metadata else None
-        train_ids, val_ids = split_ids(ids, groups, val_fraction, seed)
+        classes = self._split_classes(candidates)
+        labels = None if classes is None else rarest_labels([classes[i] for i in ids])
+        train_ids, val_ids = split_ids(ids, groups, val_fraction, seed, labels=labels)
         # What a run records of its split (isic.modes.run_folders.write_split).
         self.split_seed, self.val_fraction, self.split_val_ids = seed, val_fraction, list(val_ids)
+        self.split_stratified = classes is not None
+        # Images per class on each side of the split, counted over the candidates (before
+        # validation skips any): {"train": {class: n}, "val": {class: n}}, or None (Task 1).
+        self.split_class_counts = None if classes is None else {
+            "train": class_counts(train_ids, classes), "val": class_counts(val_ids, classes)}
         chosen = {"train": set(train_ids), "val": set(val_ids), "all": set(ids)}[subset]
         selected = [(i, item) for i, item in candidates if i in chosen]
 
@@ -497,6 +599,24 @@ class ISICAttributesDataset(_Task12Dataset):
     def _gt_dir(self, root, split):
         return root / layout.task2_gt_dir(split)
 
+    def _split_classes(self, candidates):
+        """{isic_id: attributes whose mask has foreground}: the split is stratified by each
+        image's rarest attribute (streaks and negative network are in 4-7 % of the images).
+        Reading every mask costs about as much as validating them; results are memoised per
+        file (path, size, mtime), so the train and val loads of one process read each once."""
+        gt_dir = self._gt_dir(self.root, self.split)
+        paths = [(isic_id, a, gt_dir / layout.attribute_name(isic_id, a))
+                 for isic_id, _ in candidates for a in layout.ATTRIBUTES]
+        present = {isic_id: [] for isic_id, _ in candidates}
+        with concurrent.futures.ThreadPoolExecutor(self.VALIDATION_THREADS) as pool:
+            flags = pool.map(lambda t: mask_has_foreground(t[2]), paths, chunksize=16)
+            for (isic_id, attribute, _), flag in tqdm(zip(paths, flags), total=len(paths), leave=False,
+                                                      desc="Reading attribute masks for the split",
+                                                      unit="mask", disable=True if len(paths) < 500 else None):
+                if flag:
+                    present[isic_id].append(attribute)
+        return {isic_id: tuple(found) for isic_id, found in present.items()}
+
     def _validate(self, isic_id, item):
         height, width = check_image(item["image_path"])
         gt_dir = self.root / layout.task2_gt_dir(self.split)
@@ -561,6 +681,17 @@ class ISICAttributesDataset(_Task12Dataset):
         return np.stack(masks, axis=-1), np.array(class_ids, np.int32)
 
 
+def _one_hot_diagnosis(values):
+    """[diagnosis] of a one-hot Task 3 row, [] for anything else (validation names the problem)."""
+    try:
+        numbers = [float(v) for v in values or ()]
+    except ValueError:
+        return []
+    if len(numbers) != len(layout.DIAGNOSES) or sorted(numbers) != [0.0] * (len(numbers) - 1) + [1.0]:
+        return []
+    return [layout.DIAGNOSES[numbers.index(1.0)]]
+
+
 def _csv_label(values):
     """A Task 3 row's diagnosis for messages: the class name of a one-hot row, else its values."""
     if values is None:
@@ -619,6 +750,10 @@ class ISICClassificationDataset(ISICDataset):
                 items[isic_id] = {"image_path": path, "row": None, "line": None}
         self._mask_dir = root / layout.HAM10000_MASK_DIR
         return sorted(items.items())
+
+    def _split_classes(self, candidates):
+        """{isic_id: (diagnosis,)} from the CSV's one-hot rows (no class for a bad row)."""
+        return {isic_id: tuple(_one_hot_diagnosis(item.get("row"))) for isic_id, item in candidates}
 
     def _validate(self, isic_id, item):
         if item["line"] is None:
