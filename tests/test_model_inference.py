@@ -24,7 +24,8 @@ DATA = pathlib.Path(__file__).parent / "data"
 ISIC_0000000 = "ISIC2018_Task1-2_Training_Input/ISIC_0000000.jpg"
 
 WEIGHTLESS = {"InputLayer", "Activation", "Add", "ZeroPadding2D", "MaxPooling2D", "UpSampling2D", "Reshape",
-              "Concatenate", "ProposalLayer", "PyramidROIAlign", "DetectionLayer", "PoolSqueeze", "DetectionBoxes"}
+              "Concatenate", "ProposalLayer", "PyramidROIAlign", "DetectionLayer", "PoolSqueeze", "DetectionBoxes",
+              "BestProposalLayer"}
 
 
 # The tests' tiny network at 256 px with 4 classes and larger proposal and detection budgets:
@@ -46,7 +47,11 @@ def isic_image(isic_sample):
 
 def assert_well_formed(result, image_shape, num_classes):
     n = len(result["class_ids"])
-    assert set(result) == {"rois", "class_ids", "scores", "masks", "class_probs"}
+    assert set(result) == {"rois", "class_ids", "scores", "masks", "class_probs", "best_proposal_probs"}
+    best = result["best_proposal_probs"]
+    assert best.dtype == np.float32 and best.shape == (num_classes,)
+    if n:  # the most confident proposal is at least as confident as the top detection
+        assert best[1:].max() >= result["scores"].max()
     assert result["rois"].dtype == np.int32 and result["rois"].shape == (n, 4)
     assert result["class_ids"].dtype == np.int32 and result["scores"].dtype == np.float32
     assert result["masks"].dtype == bool and result["masks"].shape == tuple(image_shape[:2]) + (n,)
@@ -354,6 +359,12 @@ def test_fidelity_reproduces_reference_detections(fidelity_run, isic_image):
                 break
         else:
             unexplained.append(i)
+
+    # best_proposal_probs is the mrcnn_class row of the real proposal with the highest foreground
+    # probability, bit for bit.
+    real = (raw["rpn_rois"][:, 2] > raw["rpn_rois"][:, 0]) & (raw["rpn_rois"][:, 3] > raw["rpn_rois"][:, 1])
+    foreground = np.where(real, raw["mrcnn_class"][:, 1:].max(axis=1), -1.0)
+    np.testing.assert_array_equal(result["best_proposal_probs"], raw["mrcnn_class"][np.argmax(foreground)])
 
     extra = [j for j in range(n) if j not in used]
     assert len(unexplained) == len(extra)

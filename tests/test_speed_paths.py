@@ -85,7 +85,7 @@ def test_fast_and_plain_raw_outputs_agree_on_surviving_slots(models, images):
     fast, plain = models
     # Pick the threshold between the two images' scores so they get different counts.
     set_min_confidence(plain, 0.0)
-    dets, _, _ = raw_outputs(plain, images[:2])
+    dets = raw_outputs(plain, images[:2])[0]
     scores = np.sort(dets[:, :, 5].ravel())[::-1]
     threshold = float(scores[MAX_INSTANCES // 2])
     for model in models:
@@ -94,6 +94,7 @@ def test_fast_and_plain_raw_outputs_agree_on_surviving_slots(models, images):
     plain_out = raw_outputs(plain, images[:2])
     np.testing.assert_array_equal(fast_out[0], plain_out[0])  # detections
     np.testing.assert_array_equal(fast_out[2], plain_out[2])  # class_probs
+    np.testing.assert_array_equal(fast_out[3], plain_out[3])  # best_proposal_probs
     counts = (plain_out[0][:, :, 4] > 0).sum(axis=1)
     assert counts.max() >= 1 and counts[0] != counts[1], counts
     assert counts.max() < MAX_INSTANCES  # so the fast path has padding to skip

@@ -3,9 +3,13 @@
 Investigate and predict both go through here, so the files they write mean the same thing:
 - Task 1: the mask of the highest-scoring lesion detection (empty when nothing is detected).
 - Task 2: per attribute, the union of the masks of that attribute's detections.
-- Task 3: the diagnosis probabilities of the highest-scoring detection: its softmax vector
-  without the background entry, renormalised to sum to 1. When nothing is detected the
-  row is uniform (1/7 each), which the official scorer counts as undecided (wrong).
+- Task 3: one row for the whole image: the score-weighted mean of every detection's class
+  probabilities, background dropped, renormalised to sum to 1 (with one detection: its softmax
+  without the background entry). When no detection passes DETECTION_MIN_CONFIDENCE, the
+  softmax of the most confident proposal (detect()'s best_proposal_probs) instead, so that a
+  model with any opinion never emits the uniform row the official scorer counts as undecided.
+  Only a model with no proposal at all gives the uniform row. `task3_row` also says which
+  source the row came from.
 """
 import logging
 import pathlib
@@ -41,23 +45,92 @@ def attribute_masks(result, image_shape):
     return out
 
 
-def diagnosis_probabilities(result):
-    """Task 3: the 7 class probabilities (official column order) of the top detection."""
-    if len(result["scores"]) == 0:
-        return UNIFORM_TASK3.copy()
-    probs = np.asarray(result["class_probs"][int(np.argmax(result["scores"]))], dtype=np.float64)
-    fg = probs[1:1 + len(layout.DIAGNOSES)]
-    total = fg.sum()
-    return fg / total if total > 0 else UNIFORM_TASK3.copy()
+# Where a Task 3 row came from (the per-image JSON's "probability_source").
+SOURCE_DETECTIONS = "detections"
+SOURCE_BEST_PROPOSAL = "best proposal"
+SOURCE_NONE = "none"
 
 
-def task_deliverable(task, result, image_shape):
+def _foreground(probs):
+    """[..., 7] float64: the diagnosis entries of softmax rows [..., NUM_CLASSES] (background dropped)."""
+    return np.asarray(probs, dtype=np.float64)[..., 1:1 + len(layout.DIAGNOSES)]
+
+
+TASK3_RULES = ("combined", "top_detection")
+
+
+def task3_row(result, rule="combined"):
+    """(7 probabilities in the official column order, source) for one image's detect() result.
+
+    rule "top_detection" is the rule of earlier versions (and of the export until it adopts
+    `task3_row_graph`): the top detection's row, the uniform row when nothing is detected.
+
+    detections: sum_i score_i * fg_i / sum_i score_i over the detections, fg_i the i-th
+    detection's softmax without background, renormalised (a detection's fg need not sum to 1:
+    its background share is dropped). A confident detection counts more than a weak one, and
+    every detection of the lesion has a say rather than only the top one.
+    """
+    if rule not in TASK3_RULES:
+        raise ValueError(f"unknown Task 3 rule {rule!r}; expected one of {', '.join(TASK3_RULES)}")
+    scores = np.asarray(result["scores"], dtype=np.float64)  # [N]
+    if rule == "top_detection":
+        if not len(scores):
+            return UNIFORM_TASK3.copy(), SOURCE_NONE
+        fg = _foreground(result["class_probs"][int(np.argmax(scores))])
+        return (fg / fg.sum(), SOURCE_DETECTIONS) if fg.sum() > 0 else (UNIFORM_TASK3.copy(), SOURCE_NONE)
+    if len(scores) and scores.sum() > 0:
+        fg = _foreground(result["class_probs"])  # [N, 7]
+        row = (scores[:, None] * fg).sum(axis=0) / scores.sum()  # [7]
+        if row.sum() > 0:
+            return row / row.sum(), SOURCE_DETECTIONS
+    best = result.get("best_proposal_probs")
+    if best is not None:
+        fg = _foreground(best)  # [7]
+        if fg.sum() > 0:
+            return fg / fg.sum(), SOURCE_BEST_PROPOSAL
+    return UNIFORM_TASK3.copy(), SOURCE_NONE
+
+
+def diagnosis_probabilities(result, rule="combined"):
+    """Task 3: the 7 class probabilities (official column order) of one image (`task3_row`)."""
+    return task3_row(result, rule)[0]
+
+
+def task3_row_graph(det):
+    """`task3_row` (rule "combined") in TF ops, for an exported graph: det holds scores [N],
+    class_probs [N, NUM_CLASSES] and best_proposal_probs [NUM_CLASSES] of one image.
+    Returns the 7 probabilities, float32 (computed in float64, as task3_row)."""
+    import tensorflow as tf
+    count = len(layout.DIAGNOSES)
+    uniform = tf.fill([count], tf.constant(1.0 / count, tf.float64))
+    scores = tf.cast(det["scores"], tf.float64)  # [N]
+    fg = tf.cast(det["class_probs"], tf.float64)[:, 1:1 + count]  # [N, 7]
+    combined = tf.reduce_sum(scores[:, None] * fg, axis=0) / tf.maximum(tf.reduce_sum(scores), 1e-300)  # [7]
+    best = tf.cast(det["best_proposal_probs"], tf.float64)[1:1 + count]  # [7]
+    use_detections = (tf.reduce_sum(scores) > 0) & (tf.reduce_sum(combined) > 0)
+    row = tf.where(use_detections, combined, best)
+    row = tf.where(tf.reduce_sum(row) > 0, row / tf.maximum(tf.reduce_sum(row), 1e-300), uniform)
+    return tf.cast(row, tf.float32)
+
+
+def prior_corrected(probabilities, class_frequencies):
+    """Rows divided by the training class frequencies and renormalised: p(c|x) / p(c) is what a
+    model trained on balanced classes would say (Bayes' rule with a flat prior), the row
+    balanced accuracy wants. probabilities: [..., 7]; class_frequencies: [7], any scale."""
+    prior = np.asarray(class_frequencies, dtype=np.float64)
+    if prior.shape != (len(layout.DIAGNOSES),) or not (prior > 0).all():
+        raise ValueError(f"class_frequencies must be {len(layout.DIAGNOSES)} positive numbers, got {prior}")
+    corrected = np.asarray(probabilities, dtype=np.float64) / (prior / prior.sum())
+    return corrected / corrected.sum(axis=-1, keepdims=True)
+
+
+def task_deliverable(task, result, image_shape, task3_rule="combined"):
     """The task's deliverable for one image: a mask, a dict of masks, or 7 probabilities."""
     if task == "segmentation":
         return lesion_mask(result, image_shape)
     if task == "attributes":
         return attribute_masks(result, image_shape)
-    return diagnosis_probabilities(result)
+    return diagnosis_probabilities(result, task3_rule)
 
 
 def deliverable_paths(task, out_dir, image_id):
@@ -86,8 +159,11 @@ def write_task3_predictions(out_dir, image_ids, probabilities):
                                       list(zip(image_ids, probabilities)))
 
 
-def detections_json(result, class_names, task=None):
-    """A JSON-ready summary of one image's detections."""
+def detections_json(result, class_names, task=None, probabilities=None, probability_source=None):
+    """A JSON-ready summary of one image's detections. Task 3: the row (`task3_row`'s, or
+    `probabilities` when the caller changed it, e.g. calibrated) and where it came from:
+    probability_source "detections", "best proposal" (nothing passed DETECTION_MIN_CONFIDENCE)
+    or "none" (no proposal at all: the uniform row)."""
     detections = []
     for i in range(len(result["scores"])):
         y1, x1, y2, x2 = (int(v) for v in result["rois"][i])
@@ -99,7 +175,8 @@ def detections_json(result, class_names, task=None):
         detections.append(entry)
     out = {"box_format": "y1,x1,y2,x2 pixels, y2/x2 exclusive", "detections": detections}
     if task == "classification":
-        probs = diagnosis_probabilities(result)
+        probs, source = task3_row(result) if probabilities is None else (probabilities, probability_source)
         out["probabilities"] = dict(zip(layout.DIAGNOSES, (float(p) for p in probs)))
+        out["probability_source"] = source
         out["nothing_detected"] = len(result["scores"]) == 0
     return out

@@ -172,7 +172,8 @@ def unmold_detections_graph(detections, mrcnn_mask, class_probs, image_shape, mo
 
 def detection_fn(model):
     """(RGB uint8 [H, W, 3]) -> dict of boxes, class_ids, scores, masks, class_probs in the
-    image's frame, for a MaskRCNN in inference mode built with one image per batch."""
+    image's frame, and best_proposal_probs [num_classes] (the most confident proposal's softmax,
+    detected or not), for a MaskRCNN in inference mode built with one image per batch."""
     config = model.config
     if config.BATCH_SIZE != 1:
         raise ValueError(f"export needs a model built with BATCH_SIZE 1 (IMAGES_PER_GPU=1, GPU_COUNT=1), "
@@ -190,10 +191,12 @@ def detection_fn(model):
             anchors = fixed_anchors
         else:
             anchors = pyramid_anchors_graph(config, molded_shape[0], molded_shape[1])[tf.newaxis]
-        detections, mrcnn_mask, class_probs = predict(molded[tf.newaxis], meta[tf.newaxis], anchors)
+        detections, mrcnn_mask, class_probs, best_proposal_probs = predict(molded[tf.newaxis], meta[tf.newaxis],
+                                                                           anchors)
         boxes, class_ids, scores, masks, probs = unmold_detections_graph(
             detections[0], mrcnn_mask[0], class_probs[0], tf.shape(image)[:2], molded_shape[:2], window)
-        return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": masks, "class_probs": probs}
+        return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": masks, "class_probs": probs,
+                "best_proposal_probs": best_proposal_probs[0]}
 
     return detect_image
 
@@ -264,7 +267,8 @@ class ExportedModel:
             results.append({"rois": out["boxes"].astype(np.int32), "class_ids": out["class_ids"].astype(np.int32),
                             "scores": out["scores"].astype(np.float32),
                             "masks": np.moveaxis(out["masks"], 0, -1).astype(bool),
-                            "class_probs": out["class_probs"].astype(np.float32)})
+                            "class_probs": out["class_probs"].astype(np.float32),
+                            "best_proposal_probs": out["best_proposal_probs"].astype(np.float32)})
         return results
 
 
