@@ -361,6 +361,12 @@ def test_streamed_metrics_equal_a_plain_computation(task, source, request, tmp_p
         for image_id in truth.index:
             matrix[int(np.argmax(truth.loc[image_id])), int(np.argmax(predicted.loc[image_id]))] += 1
         assert report["confusion_matrix"]["matrix"] == matrix.tolist()
+        # The calibration block: per-class recall and ECE of the written rows.
+        from isic.evaluation import calibration
+        labels = truth.to_numpy().argmax(axis=1)
+        block = report["task3_calibration"]
+        assert block["per_class_recall"] == calibration.per_class_recall(predicted.to_numpy(), labels)
+        assert_close(block["ece"], calibration.expected_calibration_error(predicted.to_numpy(), labels), "ece")
 
     names = {k: dataset.class_names[k] for k in range(1, len(dataset.class_names))}
     expected_map = coco_map(gt, dt, names)
@@ -385,7 +391,7 @@ def test_streamed_metrics_equal_a_plain_computation(task, source, request, tmp_p
 
     # The figures: ground truth vs prediction for the first FIGURES images, then the task's plots.
     plots = {"segmentation": ["jaccard_histogram.png"], "attributes": [],
-             "classification": ["confusion_matrix.png"]}[task] + ["precision_recall.png"]
+             "classification": ["confusion_matrix.png", "reliability_diagram.png"]}[task] + ["precision_recall.png"]
     assert report["figures"] == [f"figures/{i}_gt_vs_pred.png" for i in ids[:FIGURES]] + \
         [f"figures/{name}" for name in plots]
     for figure in report["figures"]:
@@ -398,7 +404,7 @@ def test_rerun_with_a_limit_leaves_only_its_own_predictions(synthetic_root, tmp_
     import argparse
 
     import lesions
-    monkeypatch.setattr(runs, "load_inference_model", lambda config, weights, logs: ContentDetector(2))
+    monkeypatch.setattr(run_folders, "load_inference_model", lambda config, weights, logs: ContentDetector(2))
     out = tmp_path / "inv"
     config = lesions.make_config("segmentation", inference=True)
 

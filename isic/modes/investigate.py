@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from isic import layout
 from isic.errors import UserError
-from isic.evaluation import metrics
+from isic.evaluation import calibration, metrics
 from isic.modes import run_folders
 from isic.outputs import deliverables, refinement
 from mrcnn import utils, visualize
@@ -271,6 +271,13 @@ def investigate(model, dataset, task, pred_dir, fig_dir):
                                         save_path=fig_dir / "confusion_matrix.png")
         figures.append("confusion_matrix.png")
         deliverables.write_task3_predictions(pred_dir, ids, scores.task3_pred)
+        # --- Task 3 calibration (issue 24; isic.evaluation.calibration) ---------------------
+        # Per-class recall, ECE and the reliability diagram of the rows as written; with a
+        # temperature (model.task3_temperature, from the run's calibration.json) also after it.
+        report["task3_calibration"] = calibration.investigation_block(
+            task3_truth, task3_pred, fig_dir, temperature=getattr(model, "task3_temperature", None))
+        figures.append(calibration.RELIABILITY_FIGURE)
+        # --- end of the Task 3 calibration block -------------------------------------------
 
     names = {k: class_names[k] for k in range(1, len(class_names))}
     report["mask_map"] = scores.coco.result(class_names=names)
@@ -317,6 +324,8 @@ def write_report(path, report, task):
         lines += ["| class | sensitivity | specificity | AUC |", "|---|---|---|---|"]
         lines += [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} |"
                   for c, s in isic["per_category"].items()]
+        if "task3_calibration" in report:  # Task 3 calibration block (isic.evaluation.calibration)
+            lines += calibration.report_lines(report["task3_calibration"])
     lines += ["", f"Mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}, "
                   f"mAP@[.5:.95] {report['mask_map']['mAP@[.5:.95]']:.4f}; pooled AP@0.5 (mask IoU) "
                   f"{report['pooled_mask_ap50']:.4f}", ""]
