@@ -474,6 +474,17 @@ class ISICDataset(utils.Dataset):
     def _mask_tag(self, info):
         return {}
 
+    def image_class_ids(self, image_id):
+        """The class ids of an image's instances without decoding its masks (for class-balanced
+        sampling, mrcnn.data.balancing): Task 1 [1] (or [] for an empty mask), Task 2 the present
+        attributes, Task 3 [diagnosis]."""
+        info = self.image_info[image_id]
+        if self.TASK == "classification":
+            return [info["class_id"]]
+        if self.TASK == "attributes":
+            return [layout.ATTRIBUTES.index(a) + 1 for a in info["attributes"]]
+        return [] if info.get("mask_empty") else [1]
+
     def _no_instances(self, image_id):
         info = self.image_info[image_id]
         return (np.zeros((info["height"], info["width"], 0), bool), np.zeros((0,), np.int32))

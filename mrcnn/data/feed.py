@@ -13,7 +13,7 @@ import threading
 import keras
 import numpy as np
 
-from mrcnn.data import image_cache
+from mrcnn.data import balancing, image_cache
 from mrcnn.data.augment import AugmentationError, ImgaugNotInstalledError, apply_augmentation
 from mrcnn.data.masks import extract_bboxes, minimize_mask
 from mrcnn.data.molding import compose_image_meta, mold_image
@@ -129,7 +129,7 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     """
 
     def __init__(self, dataset, config, shuffle=True, augmentation=None, seed=None, keep_empty=None,
-                 batch_size=None, workers=1, use_multiprocessing=False, max_queue_size=10):
+                 batch_size=None, workers=1, use_multiprocessing=False, max_queue_size=10, balance=None):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         image_ids = np.asarray(getattr(dataset, "image_ids", []))
@@ -157,6 +157,20 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         self.n_truncated = 0  # images with more than MAX_GT_INSTANCES instances
         self._bad_ids = set()
         self._lock = threading.Lock()
+        # Config.CLASS_BALANCING applies to a shuffled (training) feed unless `balance` says otherwise.
+        balance = shuffle and getattr(config, "CLASS_BALANCING", "none") == "repeat_factor" if balance is None \
+            else bool(balance)
+        self.repeat_factors = self._repeat_factors() if balance else None  # [num_images] or None
+
+    def _repeat_factors(self):
+        """Per image its repeat factor (mrcnn.data.balancing); logs the class counts and the
+        sampling rates before and after."""
+        threshold = float(getattr(self.config, "REPEAT_FACTOR_THRESHOLD", 0.5))
+        classes = [balancing.image_classes(self.dataset, int(i)) for i in self.image_ids]
+        factors, _, _ = balancing.repeat_factors(classes, threshold)
+        self.sampling_summary = balancing.sampling_summary(classes, factors, getattr(self.dataset, "class_names", None))
+        balancing.log_sampling(self.sampling_summary, threshold, factors.sum())
+        return factors
 
     def __getstate__(self):
         state = self.__dict__.copy()
@@ -168,7 +182,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
         self._lock = threading.Lock()
 
     def __len__(self):
-        return max(1, math.ceil(len(self.image_ids) / self.batch_size))
+        images = len(self.image_ids) if self.repeat_factors is None else float(self.repeat_factors.sum())
+        return max(1, math.ceil(images / self.batch_size))
 
     def on_epoch_end(self):
         self.epoch += 1
@@ -180,6 +195,8 @@ class MaskRCNNSequence(keras.utils.PyDataset):
     def epoch_order(self, epoch=None):
         """The image ids in the order an epoch visits them."""
         epoch = self.epoch if epoch is None else epoch
+        if self.repeat_factors is not None:  # [sum of this epoch's repeats] ids, shuffled
+            return balancing.balanced_order(self.image_ids, self.repeat_factors, self.seed, epoch)
         if not self.shuffle:
             return self.image_ids
         return np.random.default_rng([self.seed, epoch]).permutation(self.image_ids)
