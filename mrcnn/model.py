@@ -30,11 +30,11 @@ log = logging.getLogger(__name__)
 
 MODES = ("inference", "training")
 
-# Inference model outputs, in order (Matterport's seven, then class_probs and best_proposal_probs).
+# Inference model outputs, in order (Matterport's seven, then class_probs and best_proposal_logits).
 INFERENCE_OUTPUTS = ("detections", "mrcnn_class", "mrcnn_bbox", "mrcnn_mask", "rpn_rois", "rpn_class",
-                     "rpn_bbox", "class_probs", "best_proposal_probs")
+                     "rpn_bbox", "class_probs", "best_proposal_logits")
 # What _predict returns, in order (the outputs detect() needs).
-PREDICT_OUTPUTS = ("detections", "mrcnn_mask", "class_probs", "best_proposal_probs")
+PREDICT_OUTPUTS = ("detections", "mrcnn_mask", "class_probs", "best_proposal_logits")
 
 class DetectionBoxes(Float32Layer):
     """[batch, n, (y1, x1, y2, x2, class_id, score)] -> [batch, n, (y1, x1, y2, x2)]."""
@@ -54,7 +54,7 @@ def build_inference_graph(model, config, trunk):
 
     image_meta = trunk["input_image_meta"]
     feature_maps = trunk["mrcnn_feature_maps"]
-    _logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
+    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rpn_rois, feature_maps, image_meta, config.POOL_SIZE, config.NUM_CLASSES, train_bn=NormSpec.of(config),
         fc_layers_size=config.FPN_CLASSIF_FC_LAYERS_SIZE, box_convs=config.BOX_HEAD_CONVS,
         conv_channels=config.TOP_DOWN_PYRAMID_SIZE)
@@ -62,8 +62,8 @@ def build_inference_graph(model, config, trunk):
     # [batch, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] normalised
     detections, class_probs = DetectionLayer(config, name="mrcnn_detection")(
         [rpn_rois, mrcnn_class, mrcnn_bbox, image_meta])
-    # [batch, NUM_CLASSES]: the softmax of each image's most confident proposal, detected or not
-    best_proposal_probs = BestProposalLayer(name="best_proposal")([rpn_rois, mrcnn_class])
+    # [batch, NUM_CLASSES]: the logits of each image's most confident proposal, detected or not
+    best_proposal_logits = BestProposalLayer(name="best_proposal")([rpn_rois, mrcnn_class_logits])
     detection_boxes = DetectionBoxes(name="detection_boxes")(detections)
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, feature_maps, image_meta, config.MASK_POOL_SIZE,
                                       config.NUM_CLASSES, train_bn=NormSpec.of(config),
@@ -71,7 +71,7 @@ def build_inference_graph(model, config, trunk):
 
     inputs = [trunk["input_image"], image_meta, input_anchors]
     outputs = [detections, mrcnn_class, mrcnn_bbox, mrcnn_mask, rpn_rois, trunk["rpn_class"], trunk["rpn_bbox"],
-               class_probs, best_proposal_probs]
+               class_probs, best_proposal_logits]
     return keras.Model(inputs, outputs, name="mask_rcnn")
 
 
@@ -239,7 +239,7 @@ class MaskRCNN:
         Images of the configured IMAGE_SHAPE (every image in "square" mode) use a signature
         with static sizes, which lets grappler plan the whole graph; other sizes ("pad64",
         "none", detect_molded) share a second one with unknown height and width.
-        Returns numpy (detections, mrcnn_mask, class_probs, best_proposal_probs).
+        Returns numpy (detections, mrcnn_mask, class_probs, best_proposal_logits).
         """
         cfg = self.config
         static = tuple(molded_images.shape[1:]) == tuple(int(v) for v in cfg.IMAGE_SHAPE)
@@ -260,7 +260,7 @@ class MaskRCNN:
         return [o.numpy() for o in outputs]
 
     def _plain_fn(self):
-        """(images, metas, anchors) -> (detections, mrcnn_mask, class_probs, best_proposal_probs)
+        """(images, metas, anchors) -> (detections, mrcnn_mask, class_probs, best_proposal_logits)
         through keras_model: the mask head runs on all DETECTION_MAX_INSTANCES slots, padding included."""
         model = self.keras_model
         wanted = [INFERENCE_OUTPUTS.index(n) for n in PREDICT_OUTPUTS]
@@ -280,10 +280,10 @@ class MaskRCNN:
         the mask head from detection boxes + feature maps."""
         model = self.keras_model
         detections, class_probs = model.get_layer("mrcnn_detection").output
-        best_proposal_probs = model.get_layer("best_proposal").output
+        best_proposal_logits = model.get_layer("best_proposal").output
         roi_align_inputs = model.get_layer("roi_align_mask").input
         boxes, image_meta, feature_maps = roi_align_inputs[0], roi_align_inputs[1], list(roi_align_inputs[2:])
-        front = keras.Model(model.inputs, [detections, class_probs, best_proposal_probs] + feature_maps,
+        front = keras.Model(model.inputs, [detections, class_probs, best_proposal_logits] + feature_maps,
                             name="mask_rcnn_detections")
         mask_head = keras.Model([boxes, image_meta] + feature_maps, model.get_layer("mrcnn_mask").output,
                                 name="mask_rcnn_mask_head")
@@ -324,9 +324,9 @@ class MaskRCNN:
 
         Returns one dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels of the original image,
         class_ids [N] int32, scores [N] float32, masks [H, W, N] bool, class_probs [N, NUM_CLASSES]
-        float32 (the softmax of the ROI each detection came from), and best_proposal_probs
-        [NUM_CLASSES] float32: the softmax of the image's most confident proposal even when no
-        detection survives (zeros when there is no proposal), Task 3's fallback.
+        float32 (the softmax of the ROI each detection came from), and best_proposal_logits
+        [NUM_CLASSES] float32: the classifier logits of the image's most confident proposal even
+        when no detection survives (zeros when there is no proposal), Task 3's fallback.
         """
         if self.mode != "inference":
             raise ValueError("detect() needs a model built with mode='inference'")
@@ -358,13 +358,13 @@ class MaskRCNN:
         anchors = np.broadcast_to(anchors, (batch,) + anchors.shape)
         if verbose:
             log.info("molded_images %s, image_metas %s, anchors %s", molded.shape, metas.shape, anchors.shape)
-        detections, mrcnn_mask, class_probs, best_proposal_probs = self._predict(molded, metas, anchors)
+        detections, mrcnn_mask, class_probs, best_proposal_logits = self._predict(molded, metas, anchors)
         for k, (i, image_molded, _meta, window) in enumerate(members):
             rois, class_ids, scores, masks, probs = molding.unmold_detections(
                 detections[k], mrcnn_mask[k], _shape(images[i]), image_molded.shape, window,
                 class_probs=class_probs[k])
             results[i] = {"rois": rois, "class_ids": class_ids, "scores": scores, "masks": masks,
-                          "class_probs": probs, "best_proposal_probs": best_proposal_probs[k]}
+                          "class_probs": probs, "best_proposal_logits": best_proposal_logits[k]}
 
 
 def _shape(image_or_shape):

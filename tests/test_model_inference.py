@@ -47,11 +47,12 @@ def isic_image(isic_sample):
 
 def assert_well_formed(result, image_shape, num_classes):
     n = len(result["class_ids"])
-    assert set(result) == {"rois", "class_ids", "scores", "masks", "class_probs", "best_proposal_probs"}
-    best = result["best_proposal_probs"]
+    assert set(result) == {"rois", "class_ids", "scores", "masks", "class_probs", "best_proposal_logits"}
+    best = result["best_proposal_logits"]
     assert best.dtype == np.float32 and best.shape == (num_classes,)
     if n:  # the most confident proposal is at least as confident as the top detection
-        assert best[1:].max() >= result["scores"].max()
+        e = np.exp(best.astype(np.float64) - best.max())
+        assert (e / e.sum())[1:].max() >= result["scores"].max() - 1e-5
     assert result["rois"].dtype == np.int32 and result["rois"].shape == (n, 4)
     assert result["class_ids"].dtype == np.int32 and result["scores"].dtype == np.float32
     assert result["masks"].dtype == bool and result["masks"].shape == tuple(image_shape[:2]) + (n,)
@@ -360,11 +361,14 @@ def test_fidelity_reproduces_reference_detections(fidelity_run, isic_image):
         else:
             unexplained.append(i)
 
-    # best_proposal_probs is the mrcnn_class row of the real proposal with the highest foreground
-    # probability, bit for bit.
+    # best_proposal_logits are the logits of the real proposal with the highest foreground
+    # probability: their softmax is that proposal's mrcnn_class row.
     real = (raw["rpn_rois"][:, 2] > raw["rpn_rois"][:, 0]) & (raw["rpn_rois"][:, 3] > raw["rpn_rois"][:, 1])
     foreground = np.where(real, raw["mrcnn_class"][:, 1:].max(axis=1), -1.0)
-    np.testing.assert_array_equal(result["best_proposal_probs"], raw["mrcnn_class"][np.argmax(foreground)])
+    logits = result["best_proposal_logits"].astype(np.float64)
+    softmax = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(softmax, raw["mrcnn_class"][np.argmax(foreground)], rtol=0, atol=1e-5)
+    np.testing.assert_array_equal(result["best_proposal_logits"], raw["best_proposal_logits"])
 
     extra = [j for j in range(n) if j not in used]
     assert len(unexplained) == len(extra)

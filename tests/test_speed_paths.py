@@ -94,7 +94,7 @@ def test_fast_and_plain_raw_outputs_agree_on_surviving_slots(models, images):
     plain_out = raw_outputs(plain, images[:2])
     np.testing.assert_array_equal(fast_out[0], plain_out[0])  # detections
     np.testing.assert_array_equal(fast_out[2], plain_out[2])  # class_probs
-    np.testing.assert_array_equal(fast_out[3], plain_out[3])  # best_proposal_probs
+    np.testing.assert_array_equal(fast_out[3], plain_out[3])  # best_proposal_logits
     counts = (plain_out[0][:, :, 4] > 0).sum(axis=1)
     assert counts.max() >= 1 and counts[0] != counts[1], counts
     assert counts.max() < MAX_INSTANCES  # so the fast path has padding to skip

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from isic import layout
 from isic.outputs import deliverables
-from mrcnn.modeling.detection import best_proposal_probs_graph
+from mrcnn.modeling.detection import best_proposal_logits_graph
 from tests.helpers import tiny_task_config
 
 NUM_CLASSES = 1 + len(layout.DIAGNOSES)
@@ -20,25 +20,32 @@ def softmax_rows(rng, n):
 
 
 def test_best_proposal_skips_padding_breaks_ties_low_and_is_zero_without_proposals():
-    probs = np.zeros((2, 4, NUM_CLASSES), np.float32)
-    probs[0, :, 0] = 1.0
-    probs[0, 0] = [0.4, 0.6, 0, 0, 0, 0, 0, 0]      # foreground 0.6
-    probs[0, 1] = [0.2, 0, 0, 0.8, 0, 0, 0, 0]      # foreground 0.8 (the best real one)
-    probs[0, 2] = [0.2, 0, 0, 0, 0, 0.8, 0, 0]      # a tie with row 1: row 1 wins
-    probs[0, 3] = [0.0, 0, 0, 0, 0, 0, 0, 1.0]      # the most confident, but a padding row
+    logits = np.zeros((2, 4, NUM_CLASSES), np.float32)
+    logits[0, 0] = [2, 1, 0, 0, 0, 0, 0, 0]         # foreground log-probability about -1.5
+    logits[0, 1] = [0, 0, 0, 3, 0, 0, 0, 0]         # the best real one (about -0.1)
+    logits[0, 2] = [0, 0, 0, 0, 0, 3, 0, 0]         # a tie with row 1: row 1 wins
+    logits[0, 3] = [0, 0, 0, 0, 0, 0, 0, 9]         # the most confident, but a padding row
     rois = np.zeros((2, 4, 4), np.float32)
     rois[0, :3] = [0.1, 0.1, 0.5, 0.5]
-    probs[1] = probs[0]                             # image 1: padding only
-    best = best_proposal_probs_graph(tf.constant(rois), tf.constant(probs)).numpy()  # [2, NUM_CLASSES]
-    np.testing.assert_array_equal(best[0], probs[0, 1])
+    logits[1] = logits[0]                           # image 1: padding only
+    best = best_proposal_logits_graph(tf.constant(rois), tf.constant(logits)).numpy()  # [2, NUM_CLASSES]
+    np.testing.assert_array_equal(best[0], logits[0, 1])
     np.testing.assert_array_equal(best[1], 0)
+    # background-saturated logits (float32 softmax gives exactly 0 foreground) still rank
+    sure = np.array([[[200, 1, 3, 2, 0, 0, 0, 0]]], np.float32)
+    (row,) = best_proposal_logits_graph(tf.constant(rois[:1, :1]), tf.constant(sure)).numpy()
+    assert tf.nn.softmax(sure[0, 0]).numpy()[1:].max() == 0.0
+    result = {"scores": np.zeros(0, np.float32), "class_probs": np.zeros((0, NUM_CLASSES), np.float32),
+              "best_proposal_logits": row}
+    probs, source = deliverables.task3_row(result)
+    assert source == "best proposal" and probs.argmax() == 1  # NV (logit 3) over MEL, AKIEC
 
 
 def test_combined_row_is_the_score_weighted_mean_without_background():
     probs = np.array([[0.1, 0.6, 0.3, 0, 0, 0, 0, 0],
                       [0.5, 0.0, 0.5, 0, 0, 0, 0, 0]], np.float32)
     result = {"scores": np.array([0.6, 0.5], np.float32), "class_probs": probs,
-              "best_proposal_probs": np.eye(NUM_CLASSES, dtype=np.float32)[7]}
+              "best_proposal_logits": np.eye(NUM_CLASSES, dtype=np.float32)[7] * 5}
     row, source = deliverables.task3_row(result)
     mean = (0.6 * probs[0, 1:] + 0.5 * probs[1, 1:]) / 1.1
     np.testing.assert_allclose(row, mean / mean.sum(), rtol=1e-6)
@@ -51,18 +58,20 @@ def test_combined_row_is_the_score_weighted_mean_without_background():
 
 
 def test_nothing_detected_falls_back_on_the_best_proposal_and_says_so():
-    best = np.array([0.9, 0.01, 0.02, 0.03, 0.01, 0.02, 0.005, 0.005], np.float32)
+    best = np.array([4.0, 0.1, 0.2, 1.5, 0.1, 0.2, -1.0, 0.0], np.float32)  # logits
     result = {"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros((0,), np.int32),
               "scores": np.zeros((0,), np.float32), "masks": np.zeros((4, 4, 0), bool),
-              "class_probs": np.zeros((0, NUM_CLASSES), np.float32), "best_proposal_probs": best}
+              "class_probs": np.zeros((0, NUM_CLASSES), np.float32), "best_proposal_logits": best}
     row, source = deliverables.task3_row(result)
-    assert source == "best proposal" and row.argmax() == 2  # BCC, not a tie
-    np.testing.assert_allclose(row, best[1:] / best[1:].sum(), rtol=1e-6)
+    assert source == "best proposal" and row.argmax() == 2  # BCC (logit 1.5), not a tie
+    fg = np.exp(best[1:].astype(np.float64))
+    np.testing.assert_allclose(row, fg / fg.sum(), rtol=1e-12)
     summary = deliverables.detections_json(result, ["BG"] + list(layout.DIAGNOSES), "classification")
     assert summary["probability_source"] == "best proposal" and summary["nothing_detected"]
     assert max(summary["probabilities"], key=summary["probabilities"].get) == "BCC"
-    # without any proposal (zeros) or from the old rule: the uniform row, source "none"
-    for changed, rule in (({"best_proposal_probs": np.zeros(NUM_CLASSES, np.float32)}, "combined"), ({}, "top_detection")):
+    # without any proposal (zero logits) or from the old rule: the uniform row, source "none"
+    for changed, rule in (({"best_proposal_logits": np.zeros(NUM_CLASSES, np.float32)}, "combined"),
+                          ({}, "top_detection")):
         row, source = deliverables.task3_row({**result, **changed}, rule=rule)
         np.testing.assert_array_equal(row, deliverables.UNIFORM_TASK3)
         assert source == "none"
@@ -74,7 +83,7 @@ def test_nothing_detected_falls_back_on_the_best_proposal_and_says_so():
 def test_graph_twin_equals_task3_row(n):
     rng = np.random.default_rng(n)
     result = {"scores": rng.uniform(0.05, 1, n).astype(np.float32), "class_probs": softmax_rows(rng, n),
-              "best_proposal_probs": softmax_rows(rng, 1)[0]}
+              "best_proposal_logits": rng.normal(size=NUM_CLASSES).astype(np.float32) * 3}
     got = deliverables.task3_row_graph({k: tf.constant(v) for k, v in result.items()}).numpy()
     np.testing.assert_allclose(got, deliverables.task3_row(result)[0], rtol=0, atol=1e-7)
 
@@ -108,9 +117,10 @@ def test_detect_returns_the_best_proposal_when_nothing_passes_the_threshold(tmp_
     image = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
     (result,) = model.detect([image])
     assert len(result["scores"]) == 0
-    best = result["best_proposal_probs"]
-    assert best.shape == (NUM_CLASSES,) and abs(best.sum() - 1.0) < 1e-5
+    best = result["best_proposal_logits"]
+    assert best.shape == (NUM_CLASSES,) and np.ptp(best) > 0
     row, source = deliverables.task3_row(result)
     assert source == "best proposal" and np.ptp(row) > 0
-    np.testing.assert_allclose(row, best[1:] / best[1:].sum(), rtol=1e-6)
+    fg = np.exp(best[1:].astype(np.float64) - best[1:].max())
+    np.testing.assert_allclose(row, fg / fg.sum(), rtol=1e-6)
     keras.backend.clear_session()

@@ -6,8 +6,9 @@ Investigate and predict both go through here, so the files they write mean the s
 - Task 3: one row for the whole image: the score-weighted mean of every detection's class
   probabilities, background dropped, renormalised to sum to 1 (with one detection: its softmax
   without the background entry). When no detection passes DETECTION_MIN_CONFIDENCE, the
-  softmax of the most confident proposal (detect()'s best_proposal_probs) instead, so that a
-  model with any opinion never emits the uniform row the official scorer counts as undecided.
+  softmax over the diagnosis logits of the most confident proposal (detect()'s
+  best_proposal_logits) instead, so that a model with any opinion never emits the uniform row
+  the official scorer counts as undecided.
   Only a model with no proposal at all gives the uniform row. `task3_row` also says which
   source the row came from.
 """
@@ -83,11 +84,12 @@ def task3_row(result, rule="combined"):
         row = (scores[:, None] * fg).sum(axis=0) / scores.sum()  # [7]
         if row.sum() > 0:
             return row / row.sum(), SOURCE_DETECTIONS
-    best = result.get("best_proposal_probs")
+    best = result.get("best_proposal_logits")
     if best is not None:
-        fg = _foreground(best)  # [7]
-        if fg.sum() > 0:
-            return fg / fg.sum(), SOURCE_BEST_PROPOSAL
+        logits = _foreground(best)  # [7] diagnosis logits, background dropped
+        if np.ptp(logits) > 0:  # all equal: zeros for "no proposal", or no opinion at all
+            e = np.exp(logits - logits.max())
+            return e / e.sum(), SOURCE_BEST_PROPOSAL
     return UNIFORM_TASK3.copy(), SOURCE_NONE
 
 
@@ -98,7 +100,7 @@ def diagnosis_probabilities(result, rule="combined"):
 
 def task3_row_graph(det):
     """`task3_row` (rule "combined") in TF ops, for an exported graph: det holds scores [N],
-    class_probs [N, NUM_CLASSES] and best_proposal_probs [NUM_CLASSES] of one image.
+    class_probs [N, NUM_CLASSES] and best_proposal_logits [NUM_CLASSES] of one image.
     Returns the 7 probabilities, float32 (computed in float64, as task3_row)."""
     import tensorflow as tf
     count = len(layout.DIAGNOSES)
@@ -106,10 +108,10 @@ def task3_row_graph(det):
     scores = tf.cast(det["scores"], tf.float64)  # [N]
     fg = tf.cast(det["class_probs"], tf.float64)[:, 1:1 + count]  # [N, 7]
     combined = tf.reduce_sum(scores[:, None] * fg, axis=0) / tf.maximum(tf.reduce_sum(scores), 1e-300)  # [7]
-    best = tf.cast(det["best_proposal_probs"], tf.float64)[1:1 + count]  # [7]
+    logits = tf.cast(det["best_proposal_logits"], tf.float64)[1:1 + count]  # [7]
+    best = tf.where(tf.reduce_max(logits) > tf.reduce_min(logits), tf.nn.softmax(logits), uniform)
     use_detections = (tf.reduce_sum(scores) > 0) & (tf.reduce_sum(combined) > 0)
-    row = tf.where(use_detections, combined, best)
-    row = tf.where(tf.reduce_sum(row) > 0, row / tf.maximum(tf.reduce_sum(row), 1e-300), uniform)
+    row = tf.where(use_detections, combined / tf.maximum(tf.reduce_sum(combined), 1e-300), best)
     return tf.cast(row, tf.float32)
 
 

@@ -172,7 +172,7 @@ def unmold_detections_graph(detections, mrcnn_mask, class_probs, image_shape, mo
 
 def detection_fn(model):
     """(RGB uint8 [H, W, 3]) -> dict of boxes, class_ids, scores, masks, class_probs in the
-    image's frame, and best_proposal_probs [num_classes] (the most confident proposal's softmax,
+    image's frame, and best_proposal_logits [num_classes] (the most confident proposal's classifier logits,
     detected or not), for a MaskRCNN in inference mode built with one image per batch."""
     config = model.config
     if config.BATCH_SIZE != 1:
@@ -191,12 +191,12 @@ def detection_fn(model):
             anchors = fixed_anchors
         else:
             anchors = pyramid_anchors_graph(config, molded_shape[0], molded_shape[1])[tf.newaxis]
-        detections, mrcnn_mask, class_probs, best_proposal_probs = predict(molded[tf.newaxis], meta[tf.newaxis],
+        detections, mrcnn_mask, class_probs, best_proposal_logits = predict(molded[tf.newaxis], meta[tf.newaxis],
                                                                            anchors)
         boxes, class_ids, scores, masks, probs = unmold_detections_graph(
             detections[0], mrcnn_mask[0], class_probs[0], tf.shape(image)[:2], molded_shape[:2], window)
         return {"boxes": boxes, "class_ids": class_ids, "scores": scores, "masks": masks, "class_probs": probs,
-                "best_proposal_probs": best_proposal_probs[0]}
+                "best_proposal_logits": best_proposal_logits[0]}
 
     return detect_image
 
@@ -268,7 +268,7 @@ class ExportedModel:
                             "scores": out["scores"].astype(np.float32),
                             "masks": np.moveaxis(out["masks"], 0, -1).astype(bool),
                             "class_probs": out["class_probs"].astype(np.float32),
-                            "best_proposal_probs": out["best_proposal_probs"].astype(np.float32)})
+                            "best_proposal_logits": out["best_proposal_logits"].astype(np.float32)})
         return results
 
 

@@ -111,31 +111,33 @@ class DetectionLayer(Float32Layer):
         return config
 
 
-def best_proposal_probs_graph(rois, probs):
-    """The class probabilities of each image's most confident proposal, detected or not.
+def best_proposal_logits_graph(rois, logits):
+    """The classifier logits of each image's most confident proposal, detected or not.
 
     rois: [batch, N, (y1, x1, y2, x2)] normalised proposals, zero rows for padding.
-    probs: [batch, N, num_classes] classifier softmax.
-    Returns [batch, num_classes]: the probs row of the real proposal whose best foreground
-    probability is the highest (ties: the lower ROI index), zeros when an image has no real
-    proposal. Task 3 falls back on it when no detection passes DETECTION_MIN_CONFIDENCE, so an
-    image still gets the model's opinion instead of an undecided row.
+    logits: [batch, N, num_classes] classifier logits (before the softmax).
+    Returns [batch, num_classes]: the logits row of the real proposal whose best foreground
+    log-probability is the highest (ties: the lower ROI index), zeros when an image has no real
+    proposal. Task 3 falls back on it when no detection passes DETECTION_MIN_CONFIDENCE. Logits,
+    not probabilities: a classifier sure of background gives float32 foreground probabilities of
+    exactly 0 (measured on a short real-image training), while the softmax over the foreground
+    logits alone still ranks the diagnoses.
     """
     real = (rois[..., 2] > rois[..., 0]) & (rois[..., 3] > rois[..., 1])  # [batch, N]
-    foreground = tf.reduce_max(probs[..., 1:], axis=-1)  # [batch, N]
-    foreground = tf.where(real, foreground, -tf.ones_like(foreground))
+    foreground = tf.reduce_max(tf.nn.log_softmax(logits, axis=-1)[..., 1:], axis=-1)  # [batch, N]
+    foreground = tf.where(real, foreground, tf.fill(tf.shape(foreground), float("-inf")))
     best = tf.argmax(foreground, axis=1, output_type=tf.int32)  # [batch] first maximum
-    rows = tf.gather(probs, best, batch_dims=1)  # [batch, num_classes]
+    rows = tf.gather(logits, best, batch_dims=1)  # [batch, num_classes]
     return tf.where(tf.reduce_any(real, axis=1, keepdims=True), rows, tf.zeros_like(rows))
 
 
 class BestProposalLayer(Float32Layer):
-    """Inputs: rois [batch, N, 4], mrcnn_class [batch, N, classes].
-    Output: best_proposal_probs [batch, classes] (`best_proposal_probs_graph`)."""
+    """Inputs: rois [batch, N, 4], mrcnn_class_logits [batch, N, classes].
+    Output: best_proposal_logits [batch, classes] (`best_proposal_logits_graph`)."""
 
     def call(self, inputs):
-        rois, mrcnn_class = inputs
-        return best_proposal_probs_graph(rois, mrcnn_class)
+        rois, logits = inputs
+        return best_proposal_logits_graph(rois, logits)
 
     def compute_output_shape(self, input_shape):
         return (input_shape[1][0], input_shape[1][-1])
