@@ -80,6 +80,9 @@ class ISICConfig(Config):
     # (initialisation, augmentation, batch order): trainings with different SEEDs validate on
     # the same images. A run records it in split.json; investigate reuses the run's own.
     SPLIT_SEED = 42
+    # detect(), investigate, predict and the export shrink images by area averaging, as the training
+    # feed does (Matterport's "bilinear" stays the base Config's, for the fidelity reference).
+    RESIZE_METHOD = "area"
 
     def validate(self):
         super().validate()
@@ -281,7 +284,17 @@ def build_parser():
     return parser
 
 
+def reexec_with_fixed_hash_seed(argv):
+    """--deterministic needs a fixed Python hash seed (some gradient sums are ordered by it), which
+    only a new interpreter can take: the command re-runs itself once with PYTHONHASHSEED=0. Calls
+    of main() from Python (argv given) are left alone; DETERMINISTIC then warns."""
+    if argv is None and "--deterministic" in sys.argv[1:] and os.environ.get("PYTHONHASHSEED") is None:
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+
 def main(argv=None):
+    reexec_with_fixed_hash_seed(argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")

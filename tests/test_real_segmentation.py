@@ -134,7 +134,9 @@ def test_training_stops_on_the_clock(budget_run):
     summary = json.loads((out / "summary.json").read_text())
     budget_s = 60 * MINUTES
     assert f"Time budget {MINUTES:.1f} min: used" in proc.stderr
-    assert budget_s <= summary["wall_s"] <= budget_s + 60
+    # After the deadline: the batch under way, that epoch's validation and checkpoint, the process exit;
+    # 120 s of slack, since a loaded 2-core CI machine took 84 s for them (60 s was too little).
+    assert budget_s <= summary["wall_s"] <= budget_s + 120
     starts = re.findall(r"Starting at epoch (\d+), LR=([0-9.e-]+)", proc.stderr)
     schedule_lrs = [stage[2] for stage in recipe["SCHEDULE"]]
     assert starts and [float(lr) for _, lr in starts] == schedule_lrs[:len(starts)]

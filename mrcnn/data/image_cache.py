@@ -40,7 +40,7 @@ from mrcnn.io import atomic, download
 log = logging.getLogger(__name__)
 
 CACHE_ENV_VAR = "MRCNN_IMAGE_CACHE_DIR"
-FORMAT_VERSION = 2  # 2: masks and images resized by mrcnn.data.resize ("area")
+FORMAT_VERSION = 3  # 2: masks and images resized by mrcnn.data.resize ("area"); 3: uint8 area in float64
 # The Config values that decide the resized arrays.
 RESIZE_SETTINGS = ("IMAGE_MIN_DIM", "IMAGE_MAX_DIM", "IMAGE_MIN_SCALE", "IMAGE_RESIZE_MODE",
                    "IMAGE_CHANNEL_COUNT")

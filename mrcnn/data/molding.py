@@ -64,14 +64,16 @@ def mold_inputs(images, config):
     """List of HxWxC images -> (molded_images [N, h, w, C] float32, image_metas [N, meta],
     windows [N, (y1, x1, y2, x2)] where each original image sits in its molded image).
     Resizing is `mrcnn.data.resize.resize_image` with the config's mode and its inference method
-    (Config.RESIZE_METHOD; None: "bilinear", as the reference molds)."""
+    (Config.RESIZE_METHOD; None: "bilinear", as the reference molds). "area" runs through the
+    exported graph's own TF op (resize "area_tf"), so detect() and the SavedModel agree to the bit."""
     method = inference_resize_method(config)
     no_active_classes = np.zeros([config.NUM_CLASSES], dtype=np.int32)
     molded, metas, windows = [], [], []
     for image in images:
         resized, window, scale = resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE, method=method)[:3]
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE,
+            method="area_tf" if method == "area" else method)[:3]
         molded.append(mold_image(resized, config))
         metas.append(compose_image_meta(0, image.shape, resized.shape, window, scale, no_active_classes))
         windows.append(window)

@@ -72,7 +72,7 @@ def resize_array(array, height, width, method="bilinear"):
     """[H, W] or [H, W, C] array -> [height, width(, C)], same dtype (uint8 from "bilinear"
     is truncated, as Matterport's resize_image does; bool is resized as 0/1 and
     thresholded at one half)."""
-    if method not in RESIZE_METHODS:
+    if method not in RESIZE_METHODS + ("area_tf",):
         raise ValueError(f"unknown resize method {method!r}; use one of {', '.join(RESIZE_METHODS)}")
     array = np.asarray(array)
     height, width = int(height), int(width)
@@ -83,7 +83,18 @@ def resize_array(array, height, width, method="bilinear"):
     if method == "bilinear" or array.shape[0] == 0 or array.shape[1] == 0:
         out = resize(array, (height, width) + array.shape[2:], preserve_range=True)
         return out.astype(array.dtype)
+    if method == "area_tf" and array.dtype == np.uint8 and array.ndim == 3:
+        return _area_as_exported(array, height, width)
     return _cv2_area(array, height, width)
+
+
+def _area_as_exported(image, height, width):
+    """"area" through resize_area_tf, rounded half up as the exported graph rounds: detect() molds
+    with it, so that detect() and the SavedModel see the same pixels to the bit (OpenCV's result,
+    which the training feed uses, is the same average within a grey level on ~0.02 % of pixels)."""
+    import tensorflow as tf
+    exact = resize_area_tf(tf.constant(image, tf.float64), int(height), int(width))
+    return np.clip(np.floor(exact.numpy().astype(np.float64) + 0.5), 0, 255).astype(np.uint8)
 
 
 def _cv2_area(array, height, width):
@@ -93,7 +104,12 @@ def _cv2_area(array, height, width):
     shrinking = height <= array.shape[0] and width <= array.shape[1]
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
     step = 4 if shrinking else _CV2_MAX_CHANNELS
-    work = array if array.dtype in (np.uint8, np.uint16, np.float32, np.float64) else array.astype(np.float32)
+    if array.dtype == np.uint8:
+        # In float64, then rounded half up: OpenCV's own uint8 path is fixed point, a grey level off
+        # here and there from the exact average that the exported graph (resize_area_tf) computes.
+        exact = _cv2_area(array.astype(np.float64), height, width)
+        return np.clip(np.floor(exact + 0.5), 0, 255).astype(np.uint8)
+    work = array if array.dtype in (np.uint16, np.float32, np.float64) else array.astype(np.float32)
     if work.ndim == 2:
         return cv2.resize(work, (width, height), interpolation=interpolation).astype(array.dtype)
     out = np.empty((height, width) + work.shape[2:], dtype=array.dtype)

@@ -91,6 +91,17 @@ def build_rpn_targets(image_shape, anchors, gt_class_ids, gt_boxes, config, rng=
 #  Detection targets (graph)
 ############################################################
 
+def _shuffle(pool, proposals, config, salt):
+    """A random order of the index pool [K]. With Config.DETERMINISTIC it is stateless, keyed by
+    SEED and the image's own proposals: Keras traces the validation step apart from the training
+    step, and a stateful shuffle there drew other negatives from run to run."""
+    if not getattr(config, "DETERMINISTIC", False):
+        return tf.random.shuffle(pool)
+    key = tf.cast(tf.math.floormod(tf.cast(tf.reduce_sum(proposals) * 1e4, tf.int64), 2 ** 31 - 1), tf.int32)
+    seed = tf.stack([tf.constant(int(config.SEED) % 2 ** 30 * 2 + salt, tf.int32), key])
+    return tf.random.experimental.stateless_shuffle(pool, seed=seed)
+
+
 def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config):
     """Sample ROIs from one image's proposals and compute their class, delta and mask targets.
 
@@ -126,14 +137,14 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config)
     negative_pool = tf.where((best_iou < ROI_POSITIVE_IOU) & ~near_crowd)[:, 0]
 
     # Mask R-CNN sec. 3.1: a fixed positive:total ratio; without GT, all negatives.
-    positives = tf.random.shuffle(positive_pool)[:int(num_rois * ratio)]
+    positives = _shuffle(positive_pool, proposals, config, 0)[:int(num_rois * ratio)]
     num_positive = tf.size(positives)
     if ratio > 0:
         negatives_wanted = tf.cast(tf.cast(num_positive, tf.float32) / ratio, tf.int32) - num_positive
         negatives_wanted = tf.where(has_gt, negatives_wanted, num_rois)
     else:
         negatives_wanted = tf.constant(num_rois, tf.int32)
-    negatives = tf.random.shuffle(negative_pool)[:tf.minimum(negatives_wanted, num_rois - num_positive)]
+    negatives = _shuffle(negative_pool, proposals, config, 1)[:tf.minimum(negatives_wanted, num_rois - num_positive)]
     positive_rois = tf.gather(proposals, positives)                   # [P, 4]
 
     # Each positive learns from the GT box it overlaps most.
