@@ -71,8 +71,10 @@ def test_run_calibration_round_trip_and_investigation_block(tmp_path):
     record = calibration.write_run_calibration(tmp_path, rows, labels, "test rows")
     saved = json.loads((tmp_path / calibration.CALIBRATION_FILE).read_text())
     assert saved == record and saved["num_images"] == 500 and saved["ece_after"] < saved["ece_before"]
+    (tmp_path / "mask_rcnn_x_0001.h5").write_bytes(b"")
     assert calibration.run_temperature(tmp_path / "mask_rcnn_x_0001.h5") == pytest.approx(record["temperature"])
     assert calibration.run_temperature(tmp_path / "elsewhere" / "w.h5") is None
+    assert calibration.run_temperature("none") is None
     assert calibration.run_temperature(None) is None
     np.testing.assert_array_equal(calibration.calibrated_rows(rows, None), rows)
 
@@ -85,3 +87,19 @@ def test_run_calibration_round_trip_and_investigation_block(tmp_path):
     text = "\n".join(calibration.report_lines(block))
     assert f"{block['ece']:.4f}" in text and "T = " in text and calibration.RELIABILITY_FIGURE in text
     json.dumps(block)  # JSON-ready for metrics.json
+
+
+def test_fit_from_the_submission_csv_investigate_wrote(tmp_path):
+    from isic import layout
+    from isic.outputs import submission
+    logits, labels = sampled(np.random.default_rng(4), 300, 7, 2.0)
+    rows = calibration.softmax(logits)
+    ids = [f"ISIC_{i:07d}" for i in range(300)]
+    csv_path = submission.write_task3_csv(tmp_path / "pred.csv", list(zip(ids, rows)))
+    diagnoses = {i: layout.DIAGNOSES[k] for i, k in zip(ids, labels)}
+    del diagnoses[ids[0]]  # an image without a diagnosis is left out
+    record = calibration.fit_run_from_predictions(tmp_path, csv_path, diagnoses, "val rows")
+    assert record["num_images"] == 299 and record["fitted_on"] == "val rows"
+    assert record["temperature"] == pytest.approx(calibration.fit_temperature(rows[1:], labels[1:]), rel=1e-4)
+    with pytest.raises(ValueError, match="diagnosis"):
+        calibration.fit_run_from_predictions(tmp_path, csv_path, {}, "none")

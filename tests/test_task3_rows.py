@@ -69,6 +69,10 @@ def test_nothing_detected_falls_back_on_the_best_proposal_and_says_so():
     summary = deliverables.detections_json(result, ["BG"] + list(layout.DIAGNOSES), "classification")
     assert summary["probability_source"] == "best proposal" and summary["nothing_detected"]
     assert max(summary["probabilities"], key=summary["probabilities"].get) == "BCC"
+    # a caller's row (e.g. temperature-scaled) replaces the probabilities and keeps the source
+    scaled = deliverables.detections_json(result, ["BG"] + list(layout.DIAGNOSES), "classification",
+                                          probabilities=np.full(7, 1 / 7) + np.eye(7)[0] * 0)
+    assert scaled["probability_source"] == "best proposal" and scaled["probabilities"]["MEL"] == pytest.approx(1 / 7)
     # without any proposal (zero logits) or from the old rule: the uniform row, source "none"
     for changed, rule in (({"best_proposal_logits": np.zeros(NUM_CLASSES, np.float32)}, "combined"),
                           ({}, "top_detection")):

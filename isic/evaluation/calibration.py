@@ -182,9 +182,24 @@ def write_run_calibration(run_dir, probabilities, labels, source, bins=DEFAULT_B
     return record
 
 
+def fit_run_from_predictions(run_dir, pred_csv, diagnoses, source, bins=DEFAULT_BINS):
+    """write_run_calibration from a Task 3 submission CSV that investigate wrote (the run's
+    validation rows) and {image id: diagnosis} of those images; only the CSV's images that have
+    a diagnosis are used. Returns the record."""
+    from isic.evaluation import submission_files
+    table = submission_files.read_task3_csv(pred_csv)
+    ids = [i for i in table.index if i in diagnoses]
+    if not ids:
+        raise ValueError(f"{pred_csv}: none of its images has a diagnosis to fit a temperature on")
+    labels = np.array([layout.DIAGNOSES.index(diagnoses[i]) for i in ids])
+    rows = table.loc[ids, list(layout.DIAGNOSES)].to_numpy(np.float64)
+    return write_run_calibration(run_dir, rows, labels, source, bins)
+
+
 def run_temperature(weights_path):
-    """T from the calibration.json beside a checkpoint, or None (not calibrated)."""
-    if weights_path is None:
+    """T from the calibration.json beside a checkpoint file, or None (not calibrated, or the
+    weights are a keyword such as "none" rather than a file)."""
+    if weights_path is None or not pathlib.Path(weights_path).is_file():
         return None
     path = pathlib.Path(weights_path).parent / CALIBRATION_FILE
     if not path.is_file():

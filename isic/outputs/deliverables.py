@@ -177,7 +177,9 @@ def detections_json(result, class_names, task=None, probabilities=None, probabil
         detections.append(entry)
     out = {"box_format": "y1,x1,y2,x2 pixels, y2/x2 exclusive", "detections": detections}
     if task == "classification":
-        probs, source = task3_row(result) if probabilities is None else (probabilities, probability_source)
+        probs, source = task3_row(result)
+        if probabilities is not None:  # the caller's row (e.g. temperature-scaled), same source
+            probs, source = probabilities, probability_source or source
         out["probabilities"] = dict(zip(layout.DIAGNOSES, (float(p) for p in probs)))
         out["probability_source"] = source
         out["nothing_detected"] = len(result["scores"]) == 0
