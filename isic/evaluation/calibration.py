@@ -240,11 +240,12 @@ def investigation_block(truth, rows, fig_dir=None, temperature=None, bins=DEFAUL
 
 
 def report_lines(block):
-    """Markdown lines of an investigation_block for report.md."""
+    """Markdown lines of an investigation_block for report.md (the figure itself is linked with
+    the report's other figures, once)."""
     recall = ", ".join(f"{c} {'-' if r is None else f'{r:.2f}'}" for c, r in block["per_class_recall"].items())
     lines = ["", f"Per-class recall: {recall}", "",
              f"Expected calibration error ({block['bins']} equal-width bins): {block['ece']:.4f}"]
     if block.get("temperature") is not None:
         lines[-1] += (f"; after temperature scaling (T = {block['temperature']:.3f}): "
                       f"{block['ece_temperature_scaled']:.4f}")
-    return lines + ["", f"![figures/{RELIABILITY_FIGURE}](figures/{RELIABILITY_FIGURE})"]
+    return lines + [f"(reliability diagram: figures/{RELIABILITY_FIGURE}, shown with the other figures)", ""]
