@@ -134,8 +134,7 @@ def test_exported_model_agrees_with_detect(exported, task):
         np.testing.assert_allclose(got["class_probs"], ref["class_probs"], atol=1e-4)
         for i in range(n):
             assert mask_iou(got["masks"][i], ref["masks"][..., i]) >= 0.99
-        # The export still bakes the top-detection Task 3 rule (isic/modes/export.py), not task3_row_graph.
-        expected = outputs.task_deliverable(task, ref, image.shape, task3_rule="top_detection")
+        expected = outputs.task_deliverable(task, ref, image.shape)
         deliverable = got[isic_export.DELIVERABLE_OUTPUT[task]]
         if task == "segmentation":
             assert deliverable.shape == image.shape[:2] and mask_iou(deliverable, expected) >= 0.99

@@ -6,8 +6,9 @@ the same rules as isic.outputs.deliverables:
 - segmentation:   lesion_mask [H, W] uint8, the top detection's mask (zeros when none);
 - attributes:     attribute_masks [5, H, W] uint8, per attribute (layout.ATTRIBUTES order)
                   the union of its detections' masks;
-- classification: diagnosis_probabilities [7] float32 (layout.DIAGNOSES order), the top
-                  detection's softmax without background, renormalised; uniform when none.
+- classification: diagnosis_probabilities [7] float32 (layout.DIAGNOSES order), the score-
+                  weighted mean of every detection's softmax without background, renormalised;
+                  the most confident proposal's diagnosis softmax when nothing is detected.
 Task 1's GrabCut/fill refinement and test-time flips are not graph ops: the exported lesion
 mask is the unrefined network mask, the card says so, and `--mode predict --weights DIR`
 applies the card's refinement settings on top (isic.outputs.refinement), as with a checkpoint.
@@ -60,17 +61,8 @@ def deliverable_outputs(task):
         return {"attribute_masks": tf.stack(masks)}  # [5, H, W]
 
     def diagnosis_probabilities(image, det):
-        count = len(layout.DIAGNOSES)
-        uniform = tf.fill([count], 1.0 / count)
-        uniform = tf.cast(uniform, tf.float64)
-
-        def top():
-            fg = tf.cast(det["class_probs"][0, 1:1 + count], tf.float64)
-            total = tf.reduce_sum(fg)
-            return tf.cond(total > 0, lambda: fg / total, lambda: uniform)
-
-        probs = tf.cond(tf.shape(det["scores"])[0] > 0, top, lambda: uniform)
-        return {"diagnosis_probabilities": tf.cast(probs, tf.float32)}
+        # The rule of isic.outputs.deliverables.task3_row: every detection, else the best proposal.
+        return {"diagnosis_probabilities": deliverables.task3_row_graph(det)}
 
     return {"segmentation": lesion_mask, "attributes": attribute_masks,
             "classification": diagnosis_probabilities}[task]
@@ -182,8 +174,9 @@ def model_card(task, config, weights, agreement_summary, export_seconds, size_by
             DELIVERABLE_OUTPUT[task]: {
                 "segmentation": "uint8 [H, W] 0/1: the top detection's mask (unrefined, see task1_postprocessing)",
                 "attributes": "uint8 [5, H, W] 0/1 in attribute_names order: union of each attribute's masks",
-                "classification": "float32 [7] in diagnosis_names order: top detection's probabilities without "
-                                  "background, renormalised; uniform 1/7 when nothing is detected",
+                "classification": "float32 [7] in diagnosis_names order: the score-weighted mean of every "
+                                  "detection's probabilities without background, renormalised; the most "
+                                  "confident proposal's diagnosis softmax when nothing is detected",
             }[task],
         },
         "attribute_names": list(layout.ATTRIBUTES) if task == "attributes" else None,

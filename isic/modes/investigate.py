@@ -139,11 +139,19 @@ def run(args, config, overrides=()):
     out_dir = pathlib.Path(args.output) if args.output else default_output_dir(weights, args.logs, args.task,
                                                                                 split, subset)
     model = run_folders.load_inference_model(config, weights, args.logs)
+    if args.task == "classification":
+        model.task3_temperature = calibration.run_temperature(weights)
     pred_dir, fig_dir = out_dir / "predictions", out_dir / "figures"
     clear_previous_predictions(pred_dir)
     pred_dir.mkdir(parents=True, exist_ok=True)
     fig_dir.mkdir(parents=True, exist_ok=True)
     report = investigate(model, dataset, args.task, pred_dir, fig_dir)
+    if (args.task == "classification" and split == "Training" and subset == "val" and not args.limit
+            and isinstance(weights, pathlib.Path) and weights.is_file()):
+        # The run's own validation images fit its temperature (calibration.json, used by predict).
+        diagnoses = {info.get("isic_id") or info["id"]: info["diagnosis"] for info in dataset.image_info}
+        report["task3_calibration_fit"] = calibration.fit_run_from_predictions(
+            weights.parent, pred_dir / deliverables.TASK3_CSV_NAME, diagnoses, f"{split}/val of {dataset_dir}")
     report["weights"] = str(weights)
     report["dataset"] = str(dataset_dir)
     report["split"] = split

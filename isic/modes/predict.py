@@ -22,6 +22,7 @@ from tqdm import tqdm
 from isic import layout
 from isic.data import images
 from isic.errors import UserError
+from isic.evaluation import calibration
 from isic.modes import preflight, run_folders
 from isic.outputs import deliverables, refinement, submission
 from mrcnn import visualize
@@ -221,6 +222,8 @@ def run(args, config, overrides=()):
     if todo:
         config = run_folders.run_config_for(weights, config, overrides)
         model = run_folders.load_inference_model(config, weights, args.logs)
+        # Task 3 rows through the run's temperature (calibration.json, fitted by investigate).
+        temperature = calibration.run_temperature(weights) if args.task == "classification" else None
         for path in tqdm(todo, desc="predict", unit="img", disable=len(todo) < 2):
             try:
                 image = images.read_rgb(path)
@@ -234,9 +237,14 @@ def run(args, config, overrides=()):
             stem = stems[path]
             result = model.detect([image])[0]
             deliverable = refinement.task_deliverable(args.task, model, image, result)
+            if temperature is not None:
+                deliverable = calibration.calibrated_rows(deliverable, temperature)
             deliverables.write_deliverable(args.task, out_dir, stem, deliverable)
             scale = write_overlay(out_dir / f"{stem}_overlay.png", image, result, class_names, max_side)
-            summary = deliverables.detections_json(result, class_names, args.task)
+            summary = deliverables.detections_json(
+                result, class_names, args.task, probabilities=deliverable if args.task == "classification" else None)
+            if temperature is not None:
+                summary["temperature"] = temperature
             summary.update(image=str(path), height=int(image.shape[0]), width=int(image.shape[1]),
                            overlay_scale=scale, source=source_record(path), weights=weights_label(weights))
             atomic.write_json(out_dir / f"{stem}.json", summary)  # last: it marks the image done

@@ -132,6 +132,9 @@ def write_split(run_dir, dataset_dir, train_set, val_set):
               "dataset": str(dataset_dir), "split": val_set.split,
               "train_images_used": train_set.num_images, "val_images_used": val_set.num_images,
               "val_ids_sha256": ids_digest(val_ids), "val_ids": val_ids}
+    counts = getattr(val_set, "split_class_counts", None)
+    if counts is not None:  # images per class on each side (before validation skips), Tasks 2 and 3
+        record["class_counts"] = counts
     atomic.write_json(path, record)
     return path
 
