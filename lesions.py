@@ -152,6 +152,10 @@ TASK_CONFIGS = {
 SYNTHETIC_CPU_OVERRIDES = {
     "BACKBONE": "resnet18",
     "TRAIN_BN": True,  # from scratch, frozen BatchNorm leaves the network unnormalised
+    # PreciseBN: the moving statistics recomputed over 150 unaugmented training batches after
+    # training. Without it the quick start scored 0.12-0.78 over five runs (docs/benchmarks.md);
+    # GroupNorm (NORM "gn") trained about twice as slowly per epoch on a CPU.
+    "PRECISE_BN_BATCHES": 150,
     "IMAGES_PER_GPU": 2,
     "IMAGE_MIN_DIM": 256,
     "IMAGE_MAX_DIM": 256,

@@ -39,6 +39,7 @@ TINY = {
     "TOP_DOWN_PYRAMID_SIZE": 64,
     "RPN_CONV_CHANNELS": 64,
     "MASK_HEAD_CHANNELS": 32,
+    "PRECISE_BN_BATCHES": 0,  # the quick start's PreciseBN pass is tests/test_precise_bn.py's
 }
 
 # What tiny_config adds for a plain mrcnn Config (a task config has its own classes and name).
