@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import lesions  # noqa: E402
+import real_segmentation  # noqa: E402
 import task3_balance  # noqa: E402
 from isic import layout  # noqa: E402
 from mrcnn.io import atomic  # noqa: E402
@@ -33,15 +34,7 @@ from mrcnn.io import atomic  # noqa: E402
 # bench/real_segmentation.py's CPU recipe without its Task 1 refinement: resnet18 with BatchNorm
 # training at 256 px, the published real-image widths, geometric augmentation, a learning-rate
 # drop for the last stage.
-CPU_RECIPE = dict(
-    lesions.SYNTHETIC_CPU_OVERRIDES,
-    VALIDATION_STEPS=5,
-    SCHEDULE=[["all", 8, 0.01], ["all", 10, 0.001]],
-    TOP_DOWN_PYRAMID_SIZE=128,
-    RPN_CONV_CHANNELS=512,
-    MASK_HEAD_CHANNELS=256,
-    AUGMENTATION="geometric",
-)
+CPU_RECIPE = {key: value for key, value in real_segmentation.CPU_RECIPE.items() if key != "TASK1_MASK_REFINEMENT"}
 
 # OUT/data entry -> folder or file of the Task 1-named source
 LINKS = {layout.TASK3_INPUT_DIR.format(split="Training"): layout.TASK12_INPUT_DIR.format(split="Training"),

@@ -511,3 +511,25 @@ def main(argv=None):
 
 if __name__ == "__main__":
     main()
+
+
+def bare_step_in_fresh_process(who):
+    """bare_resnet50_step (batch 2, 512 px) in a fresh process, so a bench that only drives
+    lesions.py subprocesses never loads TensorFlow itself; None (said on stderr) when it fails."""
+    code = ("import sys; sys.path.insert(0, 'bench'); import speed; "
+            "print(speed.bare_resnet50_step(2, warmup=2, steps=5))")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"{who}: the bare ResNet-50 step failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
+        return None
+
+
+def format_minutes(seconds):
+    """'12 min 05 s', or '-' for None."""
+    if seconds is None:
+        return "-"
+    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
+

@@ -28,6 +28,8 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from mrcnn.io import atomic  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+import speed  # noqa: E402
 
 METRICS = (("threshold_jaccard", "thresholded Jaccard"), ("jaccard", "mean Jaccard"), ("mask_map", "mask mAP@0.5"))
 
@@ -35,7 +37,6 @@ METRICS = (("threshold_jaccard", "thresholded Jaccard"), ("jaccard", "mean Jacca
 def train_argv(args, seed, logs, overrides):
     """lesions.py arguments of one training of the recipe."""
     if args.recipe == "real":
-        sys.path.insert(0, str(ROOT / "bench"))
         import lesions
         import real_segmentation
         recipe = dict(real_segmentation.CPU_RECIPE)
@@ -101,30 +102,18 @@ def markdown(rows, summary, bare_step_s, title):
     lines = [f"### {title}", "", "| seed | wall time | thresholded Jaccard | mean Jaccard | mask mAP@0.5 |",
              "|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['seed']} | {_minutes(row['wall_s'])} | {row['threshold_jaccard']:.3f} | "
+        lines.append(f"| {row['seed']} | {speed.format_minutes(row['wall_s'])} | {row['threshold_jaccard']:.3f} | "
                      f"{row['jaccard']:.3f} | {row['mask_map']:.3f} |")
     for stat in ("min", "median", "max"):
-        lines.append(f"| **{stat}** | {_minutes(summary['wall_s'][stat])} | "
+        lines.append(f"| **{stat}** | {speed.format_minutes(summary['wall_s'][stat])} | "
                      + " | ".join(f"{summary[k][stat]:.3f}" for k, _ in METRICS) + " |")
     step = f"{bare_step_s:.2f} s" if bare_step_s is not None else "not measured"
     lines += ["", f"Machine: bare ResNet-50 training step at 512, batch 2: {step}."]
     return "\n".join(lines) + "\n"
 
 
-def _minutes(seconds):
-    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
-
-
 def bare_step():
-    """bench/speed.py's bare ResNet-50 step (batch 2, 512 px), in a fresh process."""
-    code = ("import sys; sys.path.insert(0, 'bench'); import speed; "
-            "print(speed.bare_resnet50_step(2, warmup=2, steps=5))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    try:
-        return float(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        print(f"stability: the bare ResNet-50 step failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
+    return speed.bare_step_in_fresh_process("stability")
 
 
 def main(argv=None):

@@ -27,6 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from isic import layout  # noqa: E402
 from mrcnn.io import atomic  # noqa: E402
+sys.path.insert(0, str(ROOT / "bench"))
+import speed  # noqa: E402
 
 SETTINGS = {"on": "repeat_factor", "off": "none"}  # --balancing -> Config.CLASS_BALANCING
 
@@ -86,12 +88,12 @@ def markdown(rows, summary, bare_step_s, title):
     head = "| balancing | seed | wall time | balanced acc. | " + " | ".join(layout.DIAGNOSES) + " |"
     lines = [f"### {title}", "", head, "|" + "---|" * (4 + len(layout.DIAGNOSES))]
     for row in rows:
-        lines.append(f"| {row['balancing']} | {row['seed']} | {_minutes(row['wall_s'])} | "
+        lines.append(f"| {row['balancing']} | {row['seed']} | {speed.format_minutes(row['wall_s'])} | "
                      f"{row['balanced_accuracy']:.3f} | " + " | ".join(_f(row["recall"].get(c)) for c in layout.DIAGNOSES)
                      + " |")
     for setting, s in summary.items():
         for stat in ("min", "median", "max"):
-            lines.append(f"| {setting} | **{stat}** | {_minutes(s['wall_s'][stat])} | "
+            lines.append(f"| {setting} | **{stat}** | {speed.format_minutes(s['wall_s'][stat])} | "
                          f"{s['balanced_accuracy'][stat]:.3f} | "
                          + " | ".join(_f(s["recall"][c][stat]) for c in layout.DIAGNOSES) + " |")
     lines += ["", "Per-class columns: recall of the argmax on the validation images."]
@@ -105,22 +107,8 @@ def markdown(rows, summary, bare_step_s, title):
     return "\n".join(lines) + "\n"
 
 
-def _minutes(seconds):
-    if seconds is None:
-        return "-"
-    return f"{int(seconds // 60)} min {int(round(seconds % 60)):02d} s"
-
-
 def bare_step():
-    """bench/speed.py's bare ResNet-50 step (batch 2, 512 px), in a fresh process."""
-    code = ("import sys; sys.path.insert(0, 'bench'); import speed; "
-            "print(speed.bare_resnet50_step(2, warmup=2, steps=5))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    try:
-        return float(done.stdout.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        print(f"task3: the bare ResNet-50 step failed: {done.stderr.strip()[-300:]}", file=sys.stderr)
-        return None
+    return speed.bare_step_in_fresh_process("task3")
 
 
 def write_tables(out, name, rows, bare_step_s, title, extra=None):

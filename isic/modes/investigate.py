@@ -299,17 +299,30 @@ def investigate(model, dataset, task, pred_dir, fig_dir):
     return report
 
 
+# The name of each task's official score, as the headlines print it.
+SCORE_NAMES = {"segmentation": "Task 1 thresholded Jaccard", "attributes": "Task 2 Jaccard (micro average)",
+               "classification": "Task 3 balanced accuracy"}
+
+
 def headline(report, task):
     """One line with the task's official score and mask mAP."""
-    isic = report["isic"]
-    if task == "segmentation":
-        name = "Task 1 thresholded Jaccard"
-    elif task == "attributes":
-        name = "Task 2 Jaccard (micro average)"
-    else:
-        name = "Task 3 balanced accuracy"
-    return (f"{name}: {isic['overall']:.4f} on {report['num_images']} images; "
+    return (f"{SCORE_NAMES[task]}: {report['isic']['overall']:.4f} on {report['num_images']} images; "
             f"mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}")
+
+
+def official_table_lines(task, isic):
+    """report.md's Markdown lines of the official numbers (investigate's and score's alike)."""
+    if task == "segmentation":
+        return (["| metric (mean over images) | value |", "|---|---|"]
+                + [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()])
+    if task == "attributes":
+        return ([f"Overall (official, micro average) Jaccard {isic['overall']:.4f}, "
+                 f"mean of per-attribute Jaccards {isic['mean_attribute_jaccard']:.4f}", "",
+                 "| attribute | Jaccard | Dice |", "|---|---|---|"]
+                + [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()])
+    return (["| class | sensitivity | specificity | AUC | AP |", "|---|---|---|---|---|"]
+            + [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} | {s['ap']:.4f} |"
+               for c, s in isic["per_category"].items()])
 
 
 def write_report(path, report, task):
@@ -320,20 +333,9 @@ def write_report(path, report, task):
              f"- dataset: `{report['dataset']}`, {report.get('split', 'Training')} split "
              f"(subset `{report['subset']}`, {report['num_images']} images)",
              f"- **{headline(report, task)}**", ""]
-    if task == "segmentation":
-        lines += ["| metric (mean over images) | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()]
-    elif task == "attributes":
-        lines += [f"Overall (official, micro average) Jaccard {isic['overall']:.4f}, "
-                  f"mean of per-attribute Jaccards {isic['mean_attribute_jaccard']:.4f}", "",
-                  "| attribute | Jaccard | Dice |", "|---|---|---|"]
-        lines += [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()]
-    else:
-        lines += ["| class | sensitivity | specificity | AUC |", "|---|---|---|---|"]
-        lines += [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} |"
-                  for c, s in isic["per_category"].items()]
-        if "task3_calibration" in report:  # Task 3 calibration block (isic.evaluation.calibration)
-            lines += calibration.report_lines(report["task3_calibration"])
+    lines += official_table_lines(task, isic)
+    if "task3_calibration" in report:  # Task 3 calibration block (isic.evaluation.calibration)
+        lines += calibration.report_lines(report["task3_calibration"])
     lines += ["", f"Mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}, "
                   f"mAP@[.5:.95] {report['mask_map']['mAP@[.5:.95]']:.4f}; pooled AP@0.5 (mask IoU) "
                   f"{report['pooled_mask_ap50']:.4f}", ""]

@@ -25,6 +25,7 @@ from isic.data import images
 from isic.errors import UserError
 from isic.evaluation import metrics, submission_check, submission_files
 from isic.modes import preflight, run_folders
+from isic.modes.investigate import SCORE_NAMES, official_table_lines
 from isic.outputs import deliverables
 from mrcnn import visualize
 from mrcnn.data import resize
@@ -178,11 +179,8 @@ def overlay_figures(truth_dir, pred_dir, root, split, task, fig_dir):
 
 def headline(report):
     """One line with the task's official score."""
-    isic, task = report["isic"], report["task"]
-    name = {"segmentation": "Task 1 thresholded Jaccard", "attributes": "Task 2 Jaccard (micro average)",
-            "classification": "Task 3 balanced accuracy"}[task]
     where = f"the {report['split']} split" if report["split"] else report["truth"]
-    return f"{name}: {isic['overall']:.4f} on {report['num_images']} images of {where}"
+    return f"{SCORE_NAMES[report['task']]}: {report['isic']['overall']:.4f} on {report['num_images']} images of {where}"
 
 
 def write_report(path, report):
@@ -192,17 +190,7 @@ def write_report(path, report):
              f"- predictions: `{report['predictions']}`",
              f"- ground truth: `{report['truth']}`" + (f" ({report['split']} split)" if report["split"] else ""),
              f"- **{headline(report)}**", ""]
-    if task == "segmentation":
-        lines += ["| metric (mean over images) | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()]
-    elif task == "attributes":
-        lines += [f"Overall (official, micro average) Jaccard {isic['overall']:.4f}, mean of per-attribute "
-                  f"Jaccards {isic['mean_attribute_jaccard']:.4f}", "", "| attribute | Jaccard | Dice |", "|---|---|---|"]
-        lines += [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()]
-    else:
-        lines += ["| class | sensitivity | specificity | AUC | AP |", "|---|---|---|---|---|"]
-        lines += [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} | {s['ap']:.4f} |"
-                  for c, s in isic["per_category"].items()]
+    lines += official_table_lines(task, isic)
     if report["format_notes"]:
         lines += ["", "Format notes:", ""] + [f"- {n}" for n in report["format_notes"]]
     lines += [""] + [f"![{f}]({f})" for f in report["figures"]]
