@@ -310,8 +310,9 @@ def headline(report, task):
             f"mask mAP@0.5 {report['mask_map']['mAP@0.5']:.4f}")
 
 
-def official_table_lines(task, isic):
-    """report.md's Markdown lines of the official numbers (investigate's and score's alike)."""
+def official_table_lines(task, isic, task3_keys=("sensitivity", "specificity", "auc")):
+    """report.md's Markdown lines of the official numbers (investigate's and score's alike);
+    `task3_keys`: the per-class columns of the Task 3 table."""
     if task == "segmentation":
         return (["| metric (mean over images) | value |", "|---|---|"]
                 + [f"| {k} | {v:.4f} |" for k, v in isic["macro_average"].items()])
@@ -320,8 +321,9 @@ def official_table_lines(task, isic):
                  f"mean of per-attribute Jaccards {isic['mean_attribute_jaccard']:.4f}", "",
                  "| attribute | Jaccard | Dice |", "|---|---|---|"]
                 + [f"| {a} | {s['jaccard']:.4f} | {s['dice']:.4f} |" for a, s in isic["per_attribute"].items()])
-    return (["| class | sensitivity | specificity | AUC | AP |", "|---|---|---|---|---|"]
-            + [f"| {c} | {s['sensitivity']:.4f} | {s['specificity']:.4f} | {s['auc']:.4f} | {s['ap']:.4f} |"
+    names = {"sensitivity": "sensitivity", "specificity": "specificity", "auc": "AUC", "ap": "AP"}
+    return (["| class | " + " | ".join(names[k] for k in task3_keys) + " |", "|---" * (len(task3_keys) + 1) + "|"]
+            + ["| " + " | ".join([c] + [f"{s[k]:.4f}" for k in task3_keys]) + " |"
                for c, s in isic["per_category"].items()])
 
 

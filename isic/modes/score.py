@@ -190,7 +190,7 @@ def write_report(path, report):
              f"- predictions: `{report['predictions']}`",
              f"- ground truth: `{report['truth']}`" + (f" ({report['split']} split)" if report["split"] else ""),
              f"- **{headline(report)}**", ""]
-    lines += official_table_lines(task, isic)
+    lines += official_table_lines(task, isic, task3_keys=("sensitivity", "specificity", "auc", "ap"))
     if report["format_notes"]:
         lines += ["", "Format notes:", ""] + [f"- {n}" for n in report["format_notes"]]
     lines += [""] + [f"![{f}]({f})" for f in report["figures"]]
